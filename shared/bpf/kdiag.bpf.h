@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* What every kdiag BPF program shares: event output that works on kernels
+ * with and without BPF ring buffers, and log2 slots.
+ *
+ * Output goes through a ring buffer (5.8+) or a perf event array. Userspace
+ * (shared/src/transport.rs) sets kd_use_ringbuf before load and disables
+ * creation of the unused map; the verifier prunes the unused branch because
+ * the flag is read-only data. */
+#ifndef KDIAG_BPF_H
+#define KDIAG_BPF_H
+
+#include <bpf/bpf_helpers.h>
+
+const volatile bool kd_use_ringbuf = true;
+
+/* An output channel: NAME_ring and NAME_perf; only one is ever created. */
+#define KD_CHANNEL(name, ring_bytes)                                  \
+	struct {                                                      \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                   \
+		__uint(max_entries, ring_bytes);                      \
+	} name##_ring SEC(".maps");                                   \
+	struct {                                                      \
+		__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);          \
+		__uint(key_size, sizeof(__u32));                      \
+		__uint(value_size, sizeof(__u32));                    \
+	} name##_perf SEC(".maps")
+
+/* Space for one event: ring buffer memory, or a per-CPU scratch slot that
+ * is copied into the perf buffer on submit. Programs that can interrupt
+ * each other on one CPU (hrtimer and NMI) must use different slots. */
+#define kd_reserve(name, scratch, slot, size)                              \
+	({                                                                 \
+		void *__p;                                                 \
+		__u32 __slot = (slot);                                     \
+		if (kd_use_ringbuf)                                        \
+			__p = bpf_ringbuf_reserve(&name##_ring, size, 0);  \
+		else                                                       \
+			__p = bpf_map_lookup_elem(scratch, &__slot);       \
+		__p;                                                       \
+	})
+
+/* Returns 0, or a negative errno when a perf buffer was full. */
+#define kd_submit(ctx, name, ev, size)                                         \
+	({                                                                     \
+		long __r = 0;                                                  \
+		if (kd_use_ringbuf)                                            \
+			bpf_ringbuf_submit(ev, 0);                             \
+		else                                                           \
+			__r = bpf_perf_event_output(ctx, &name##_perf,         \
+						    BPF_F_CURRENT_CPU, ev, size);  \
+		__r;                                                           \
+	})
+
+/* log2 slot, the rule of shared/src/histogram.rs: 0 and 1 in slot 0. */
+static __always_inline __u32 kd_log2(__u64 v)
+{
+	__u32 r = 0;
+#pragma unroll
+	for (int i = 32; i > 0; i >>= 1) {
+		if (v >> i) {
+			v >>= i;
+			r += i;
+		}
+	}
+	return r;
+}
+
+#endif

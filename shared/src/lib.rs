@@ -1,0 +1,29 @@
+//! The library every kdiag tool is built on. Each module holds one concern,
+//! in the order data flows through a tool:
+//!
+//! - [`precheck`]: privileges, BTF, tracefs, checked before anything loads.
+//! - [`backend`]: the ladder of attach mechanisms and the choice among them;
+//!   [`probe`] loads tiny programs to learn what this kernel really allows.
+//! - [`perf`]: perf_event_open per CPU with hardware-to-software fallback,
+//!   and attaching BPF programs with `PERF_EVENT_IOC_SET_BPF`.
+//! - [`transport`]: ring buffer, or perf buffer on kernels without one,
+//!   with lost-event counting.
+//! - [`symbolize`]: kernel and user addresses to names (blazesym).
+//! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
+//! - [`histogram`]: log2 histograms as bcc prints them.
+//! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
+//! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
+
+pub mod backend;
+pub mod cpus;
+pub mod histogram;
+pub mod output;
+pub mod perf;
+pub mod precheck;
+pub mod probe;
+pub mod runctl;
+pub mod symbolize;
+pub mod transport;
+
+mod errno;
+pub use errno::{errno_name, Errno};

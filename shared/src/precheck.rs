@@ -1,0 +1,98 @@
+//! Preconditions, checked before anything is loaded so that a missing
+//! privilege or kernel feature gives one clear line instead of a verifier
+//! dump or a libbpf errno.
+
+use std::path::{Path, PathBuf};
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// What a tool needs from the machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    /// Kernel BTF, for CO-RE and BTF-typed attach points.
+    pub btf: bool,
+    /// tracefs, for tracepoint formats and IDs.
+    pub tracefs: bool,
+}
+
+/// Check privileges and `needs`; mount tracefs if it is needed and absent.
+pub fn check(needs: Needs) -> Result<(), String> {
+    privileges(effective_caps()?)?;
+    if needs.btf && !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing); \
+                    it needs CONFIG_DEBUG_INFO_BTF=y"
+            .into());
+    }
+    if needs.tracefs {
+        tracefs()?;
+    }
+    Ok(())
+}
+
+fn effective_caps() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| "cannot find CapEff in /proc/self/status".to_string())
+}
+
+/// CAP_SYS_ADMIN alone is enough (and the only way before 5.8); otherwise
+/// both CAP_BPF and CAP_PERFMON are needed for tracing programs.
+fn privileges(cap_eff: u64) -> Result<(), String> {
+    let has = |c: u32| cap_eff & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    Err("insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)".into())
+}
+
+/// Where tracefs is, mounting it at /sys/kernel/tracing if nothing is.
+pub fn tracefs() -> Result<PathBuf, String> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(format!("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {err}"));
+    }
+    Ok(PathBuf::from("/sys/kernel/tracing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_rules() {
+        assert!(privileges(1 << CAP_SYS_ADMIN).is_ok());
+        assert!(privileges((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
+        assert!(privileges(1 << CAP_BPF).is_err());
+        assert!(privileges(1 << CAP_PERFMON).is_err());
+        let e = privileges(0).unwrap_err();
+        assert!(e.contains("run as root"), "{e}");
+    }
+
+    #[test]
+    fn this_process_is_privileged() {
+        // The suite runs as root; anything else would make every BPF test moot.
+        assert!(privileges(effective_caps().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn tracefs_is_found_or_mounted() {
+        let dir = tracefs().unwrap();
+        assert!(dir.join("events/sched/sched_switch").is_dir());
+    }
+}

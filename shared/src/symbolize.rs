@@ -1,0 +1,213 @@
+//! Addresses to names, with blazesym: kernel addresses from kallsyms (and
+//! vmlinux when one is installed), user addresses of a live process through
+//! its maps, demangled. Lookups are batched per call and cached, because the
+//! same few hundred addresses recur in every stack of a run.
+
+use blazesym::symbolize::source::{Kernel, Process, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
+use blazesym::Pid;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// One symbolized stack frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// The address as captured.
+    pub addr: u64,
+    /// Function name, demangled; None when nothing could be found.
+    pub sym: Option<String>,
+    /// Offset of `addr` into the function.
+    pub off: u64,
+    /// Kernel module, or the file a user address maps to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+impl Frame {
+    /// `sym+0x1b [module]`, or `[unknown]` as bcc prints it.
+    pub fn label(&self) -> String {
+        let Some(sym) = &self.sym else { return "[unknown]".to_string() };
+        let mut s = if self.off == 0 { sym.clone() } else { format!("{sym}+{:#x}", self.off) };
+        if let Some(m) = &self.module {
+            s.push_str(&format!(" [{m}]"));
+        }
+        s
+    }
+}
+
+/// Frames the tracing machinery itself adds to a stack taken from BPF.
+pub fn is_tracer_frame(sym: &str) -> bool {
+    sym.starts_with("bpf_prog_") || sym.starts_with("bpf_trace_run") || sym.starts_with("__bpf_trace_")
+}
+
+/// A loaded kernel module's address range, from /proc/modules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ModuleRange {
+    name: String,
+    start: u64,
+    end: u64,
+}
+
+fn parse_modules(text: &str) -> Vec<ModuleRange> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let size = f.get(1)?.parse::<u64>().ok()?;
+            let start = u64::from_str_radix(f.get(5)?.trim_start_matches("0x"), 16).ok()?;
+            (start != 0).then(|| ModuleRange { name: f[0].to_string(), start, end: start + size })
+        })
+        .collect()
+}
+
+pub struct Symbolizer {
+    blaze: Blaze,
+    kernel: HashMap<u64, Frame>,
+    user: HashMap<(u32, u64), Frame>,
+    modules: Vec<ModuleRange>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        let modules = std::fs::read_to_string("/proc/modules").map(|t| parse_modules(&t)).unwrap_or_default();
+        Symbolizer {
+            blaze: Blaze::builder().enable_demangling(true).enable_code_info(false).build(),
+            kernel: HashMap::new(),
+            user: HashMap::new(),
+            modules,
+        }
+    }
+
+    /// Symbolize a kernel stack. Every frame but the first is a return
+    /// address, pointing after the call; looking up `addr - 1` keeps a call
+    /// at the very end of a function from being blamed on the next one.
+    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
+        let lookups = lookup_addrs(addrs);
+        let missing: Vec<u64> = dedup(lookups.iter().copied().filter(|a| !self.kernel.contains_key(a)));
+        if !missing.is_empty() {
+            let src = Source::Kernel(Kernel { debug_syms: false, ..Kernel::default() });
+            let syms = self.blaze.symbolize(&src, Input::AbsAddr(&missing)).unwrap_or_default();
+            for (i, &a) in missing.iter().enumerate() {
+                let mut f = to_frame(a, syms.get(i));
+                f.module = self.modules.iter().find(|m| a >= m.start && a < m.end).map(|m| m.name.clone());
+                self.kernel.insert(a, f);
+            }
+        }
+        restore(addrs, &lookups, |a| self.kernel[&a].clone())
+    }
+
+    /// Symbolize a user stack of `pid`, which must still be alive (or its
+    /// maps cached from an earlier call for the same addresses).
+    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let lookups = lookup_addrs(addrs);
+        let missing: Vec<u64> = dedup(lookups.iter().copied().filter(|a| !self.user.contains_key(&(pid, *a))));
+        if !missing.is_empty() {
+            let src = Source::Process(Process::new(Pid::from(pid)));
+            let syms = self.blaze.symbolize(&src, Input::AbsAddr(&missing)).unwrap_or_default();
+            for (i, &a) in missing.iter().enumerate() {
+                self.user.insert((pid, a), to_frame(a, syms.get(i)));
+            }
+        }
+        restore(addrs, &lookups, |a| self.user[&(pid, a)].clone())
+    }
+}
+
+fn lookup_addrs(addrs: &[u64]) -> Vec<u64> {
+    addrs.iter().enumerate().map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) }).collect()
+}
+
+fn dedup(it: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = it.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Turn frames found at lookup addresses back into frames at the captured
+/// addresses, with offsets measured from the captured address.
+fn restore(addrs: &[u64], lookups: &[u64], get: impl Fn(u64) -> Frame) -> Vec<Frame> {
+    addrs
+        .iter()
+        .zip(lookups)
+        .map(|(&addr, &l)| {
+            let f = get(l);
+            Frame { addr, off: f.off + (addr - l), ..f }
+        })
+        .collect()
+}
+
+fn to_frame(addr: u64, s: Option<&Symbolized>) -> Frame {
+    match s.and_then(|s| s.as_sym()) {
+        Some(sym) => Frame {
+            addr,
+            sym: Some(sym.name.to_string()),
+            off: sym.offset as u64,
+            module: sym.module.as_ref().map(|m| {
+                let p = std::path::Path::new(m);
+                p.file_name().unwrap_or(m).to_string_lossy().into_owned()
+            }),
+        },
+        None => Frame { addr, sym: None, off: 0, module: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        let f = Frame { addr: 1, sym: Some("owner_func".into()), off: 0x12, module: Some("irqoff_test".into()) };
+        assert_eq!(f.label(), "owner_func+0x12 [irqoff_test]");
+        assert_eq!(Frame { addr: 1, sym: None, off: 0, module: None }.label(), "[unknown]");
+    }
+
+    #[test]
+    fn module_ranges() {
+        let m = parse_modules("loop 40960 0 - Live 0xffffffffc0a00000\nbad line\nx 1 0 - Live 0x0000000000000000\n");
+        assert_eq!(m, vec![ModuleRange { name: "loop".into(), start: 0xffffffffc0a00000, end: 0xffffffffc0a0a000 }]);
+    }
+
+    #[test]
+    fn tracer_frames() {
+        assert!(is_tracer_frame("bpf_prog_6deef7357e7b4530_handle"));
+        assert!(is_tracer_frame("bpf_trace_run2"));
+        assert!(!is_tracer_frame("schedule"));
+    }
+
+    /// A real kernel symbol from this kernel's kallsyms resolves to itself,
+    /// and a return address just past a function's start keeps its name.
+    #[test]
+    fn kernel_addresses_resolve() {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+        let addr = kallsyms
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3 && f[2] == "schedule").then(|| u64::from_str_radix(f[0], 16).unwrap())
+            })
+            .expect("schedule in kallsyms");
+        assert_ne!(addr, 0, "kallsyms addresses are hidden (kptr_restrict)");
+        let mut s = Symbolizer::new();
+        let frames = s.kernel_stack(&[addr, addr + 5]);
+        assert_eq!(frames[0].label(), "schedule");
+        assert_eq!(frames[1].label(), "schedule+0x5");
+        assert_eq!(frames[1].addr, addr + 5);
+    }
+
+    /// Our own process: a function of this test binary resolves by name.
+    #[test]
+    #[inline(never)]
+    fn user_addresses_resolve() {
+        let addr = user_addresses_resolve as *const () as u64;
+        let mut s = Symbolizer::new();
+        let frames = s.user_stack(std::process::id(), &[addr]);
+        let name = frames[0].sym.clone().unwrap_or_default();
+        assert!(name.contains("user_addresses_resolve"), "{frames:?}");
+    }
+}
