@@ -1,6 +1,7 @@
 //! The library every kdiag tool is built on. Each module holds one concern,
 //! in the order data flows through a tool:
 //!
+//! - [`args`]: one-line command-line errors.
 //! - [`precheck`]: privileges, BTF, tracefs, checked before anything loads.
 //! - [`backend`]: the ladder of attach mechanisms and the choice among them;
 //!   [`probe`] loads tiny programs to learn what this kernel really allows.
@@ -14,6 +15,7 @@
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
 //! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
 
+pub mod args;
 pub mod backend;
 pub mod cpus;
 pub mod histogram;

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 /// One symbolized stack frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    /// The address as captured.
+    /// The address as captured; hex in JSON, where 64-bit numbers lose
+    /// precision in most parsers.
+    #[serde(serialize_with = "hex")]
     pub addr: u64,
     /// Function name, demangled; None when nothing could be found.
     pub sym: Option<String>,
@@ -33,6 +35,10 @@ impl Frame {
         }
         s
     }
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
 }
 
 /// Frames the tracing machinery itself adds to a stack taken from BPF.
@@ -165,6 +171,10 @@ mod tests {
         let f = Frame { addr: 1, sym: Some("owner_func".into()), off: 0x12, module: Some("irqoff_test".into()) };
         assert_eq!(f.label(), "owner_func+0x12 [irqoff_test]");
         assert_eq!(Frame { addr: 1, sym: None, off: 0, module: None }.label(), "[unknown]");
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"addr":"0x1","sym":"owner_func","off":18,"module":"irqoff_test"}"#
+        );
     }
 
     #[test]

@@ -1,1 +1,51 @@
-fn main() {}
+//! kdiag's task runner: `cargo xtask <task>`. Every task installs what it
+//! needs first, so each works on a fresh Debian 12 machine as root.
+
+mod setup;
+mod tasks;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test kdiag")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install build dependencies (apt packages, the musl target).
+    Setup,
+    /// Build the static tool binaries (all, or the ones named).
+    Build { tools: Vec<String> },
+    /// Build one tool and run it with the given arguments, e.g.
+    /// `cargo xtask run irqoff -- -t 10 30`.
+    Run {
+        tool: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: unit tests, then tests that load real BPF
+    /// programs on this kernel (one at a time: they share the kernel).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::Build { tools } => {
+            setup::ensure()?;
+            tasks::build(&tools)
+        }
+        Task::Run { tool, args } => {
+            setup::ensure()?;
+            tasks::run(&tool, &args)
+        }
+        Task::Test => {
+            setup::ensure()?;
+            tasks::test()
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What irqoff prints: one record per window (text as SysAK prints it, or
+//! JSON), and the summary at exit.
+
+use kdiag_shared::histogram::Log2Hist;
+use kdiag_shared::output::{json_time, sysak_time};
+use kdiag_shared::symbolize::Frame;
+use kdiag_shared::Errno;
+use serde::Serialize;
+use std::time::SystemTime;
+
+pub const HEADER: &str = "TIME(irqoff)        CPU COMM                 TID    LAT(us)\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A window that ended; its length is final.
+    Window,
+    /// A window still open when an NMI looked; its length is a lower bound.
+    Ongoing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StackOf {
+    /// Software mode: the code that re-enabled interrupts.
+    Reenabler,
+    /// Hardware mode: the code running while interrupts were off.
+    Holder,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(serialize_with = "time_json")]
+    pub time: SystemTime,
+    /// The same instant on CLOCK_MONOTONIC, in ns, to line records up with
+    /// other tracers' timestamps.
+    pub mono_ns: u64,
+    pub cpu: u32,
+    pub comm: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub lat_us: u64,
+    pub stack_of: StackOf,
+    pub stack: Vec<Frame>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "errno_json")]
+    pub stack_error: Option<Errno>,
+}
+
+fn time_json<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&json_time(*t))
+}
+
+fn errno_json<S: serde::Serializer>(e: &Option<Errno>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&e.map(|e| e.to_string()).unwrap_or_default())
+}
+
+impl Record {
+    /// The seed's layout: one line, then `<address> symbol` per frame.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{:<19} {:>4} {:<16} {:>8} {:>10}",
+            sysak_time(self.time),
+            self.cpu,
+            self.comm,
+            self.tid,
+            self.lat_us
+        );
+        if self.kind == Kind::Ongoing {
+            out.push_str("  ongoing: interrupts still off, at least this long");
+        }
+        out.push('\n');
+        for f in &self.stack {
+            out.push_str(&format!("<{:#018x}> {}\n", f.addr, f.label()));
+        }
+        if let Some(e) = self.stack_error {
+            out.push_str(&format!("<stack not captured: {e}>\n"));
+        } else if self.stack.is_empty() {
+            // The timer interrupted user code: no kernel stack to show.
+            out.push_str("<user space>\n");
+        }
+        out
+    }
+}
+
+/// Per-CPU totals, from the BPF side's counters: they include windows that
+/// were rate-limited or lost, so the summary is complete even when the
+/// stream of records was not.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuSummary {
+    pub cpu: u32,
+    pub samples: u64,
+    pub windows: u64,
+    pub max_us: u64,
+    pub avg_us: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub mode: &'static str,
+    pub duration_s: f64,
+    pub stop_reason: String,
+    pub threshold_us: u64,
+    pub period_us: u64,
+    pub windows: u64,
+    pub reported: u64,
+    pub ongoing: u64,
+    pub rate_limited: u64,
+    pub lost: u64,
+    pub stack_failed: u64,
+    pub per_cpu: Vec<CpuSummary>,
+    pub hist_us: Log2Hist,
+}
+
+impl Summary {
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "\nirqoff: {} after {:.1}s, {} mode, threshold {} us, sampling period {} us\n",
+            self.stop_reason, self.duration_s, self.mode, self.threshold_us, self.period_us
+        );
+        out.push_str(&format!(
+            "windows over the threshold: {} (reported {}, ongoing records {}); not reported: \
+             rate-limited {}, lost to full buffers {}; stack captures failed: {}\n",
+            self.windows, self.reported, self.ongoing, self.rate_limited, self.lost, self.stack_failed
+        ));
+        out.push_str(&format!("{:>4} {:>10} {:>8} {:>10} {:>10}\n", "CPU", "SAMPLES", "WINDOWS", "MAX(us)", "AVG(us)"));
+        for c in &self.per_cpu {
+            out.push_str(&format!(
+                "{:>4} {:>10} {:>8} {:>10} {:>10}\n",
+                c.cpu, c.samples, c.windows, c.max_us, c.avg_us
+            ));
+        }
+        out.push_str(&self.hist_us.render("usecs"));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn record(kind: Kind) -> Record {
+        Record {
+            kind,
+            time: UNIX_EPOCH + Duration::from_secs(1_651_751_119),
+            mono_ns: 5_000_000_000,
+            cpu: 3,
+            comm: "kworker/3:0".into(),
+            pid: 379531,
+            tid: 379531,
+            lat_us: 1_000_539,
+            stack_of: StackOf::Holder,
+            stack: vec![
+                Frame { addr: 0xffffffffc04e2072, sym: Some("owner_func".into()), off: 0x12, module: Some("m".into()) },
+                Frame { addr: 0xffffffff890b1c5b, sym: Some("process_one_work".into()), off: 0x1cb, module: None },
+            ],
+            stack_error: None,
+        }
+    }
+
+    #[test]
+    fn text_matches_the_seed_layout() {
+        let t = record(Kind::Window).text();
+        let lines: Vec<&str> = t.lines().collect();
+        let cols: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(&cols[1..], ["3", "kworker/3:0", "379531", "1000539"]);
+        assert_eq!(cols[0].len(), "2022-05-05_11:45:19".len());
+        assert_eq!(lines[1], "<0xffffffffc04e2072> owner_func+0x12 [m]");
+        assert_eq!(lines[2], "<0xffffffff890b1c5b> process_one_work+0x1cb");
+        let h: Vec<&str> = HEADER.split_whitespace().collect();
+        assert_eq!(h, ["TIME(irqoff)", "CPU", "COMM", "TID", "LAT(us)"]);
+    }
+
+    #[test]
+    fn user_space_is_said_not_left_blank() {
+        let mut r = record(Kind::Window);
+        r.stack.clear();
+        assert_eq!(r.text().lines().nth(1), Some("<user space>"));
+    }
+
+    #[test]
+    fn ongoing_is_marked() {
+        assert!(record(Kind::Ongoing).text().lines().next().unwrap().contains("ongoing"));
+    }
+
+    #[test]
+    fn json_fields_are_stable() {
+        let v: serde_json::Value = serde_json::to_value(record(Kind::Window)).unwrap();
+        assert_eq!(v["type"], "window");
+        assert_eq!(v["time"], "2022-05-05T11:45:19.000000Z");
+        assert_eq!(v["lat_us"], 1_000_539);
+        assert_eq!(v["stack_of"], "holder");
+        assert_eq!(v["stack"][0]["addr"], "0xffffffffc04e2072");
+        assert_eq!(v["stack"][0]["sym"], "owner_func");
+        assert!(v.get("stack_error").is_none());
+        let mut r = record(Kind::Window);
+        r.stack_error = Some(Errno(libc::EFAULT));
+        assert_eq!(serde_json::to_value(r).unwrap()["stack_error"], "EFAULT");
+    }
+}

@@ -1,0 +1,268 @@
+//! irqoff on the running kernel: the real binary, real BPF programs, and
+//! real interrupts-off windows made by the test itself.
+
+use kdiag_shared::perf::{EventSpec, PerfEvent};
+use kdiag_testkit::{held_by, loaded_program_names, run, spawn, Held};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use serde_json::Value;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod inject {
+    include!(concat!(env!("OUT_DIR"), "/inject.skel.rs"));
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_irqoff");
+const BANNER: &str = "watching CPUs";
+const START: Duration = Duration::from_secs(20);
+
+fn last_cpu() -> u32 {
+    *kdiag_shared::cpus::online().unwrap().last().unwrap()
+}
+
+#[test]
+fn software_mode_is_chosen_and_explained() {
+    let out = run(BIN, &["1"]);
+    assert!(out.status.success(), "{out:?}");
+    // The host has no PMU: the banner must say so and say what is used instead.
+    let banner = out.stderr.lines().next().unwrap();
+    assert!(banner.contains("software cpu-clock mode"), "{banner}");
+    assert!(banner.contains("cycles") && banner.contains("ENOENT") && banner.contains("no PMU"), "{banner}");
+    assert!(out.stdout.starts_with("TIME(irqoff)"), "{}", out.stdout);
+    assert!(out.stdout.contains("irqoff: duration ended after"), "{}", out.stdout);
+}
+
+#[test]
+fn forced_hardware_fails_with_the_no_pmu_error() {
+    let out = run(BIN, &["--backend", "hw", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.starts_with("irqoff: backend hw is not usable on this kernel"), "{}", out.stderr);
+    assert!(out.stderr.contains("ENOENT (no PMU"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_input_is_one_line_and_attaches_nothing() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-t", "-5"], "threshold must be at least 1 ms"),
+        (&["-t", "x"], "threshold must be a whole number"),
+        (&["-c", "4096"], "CPU 4096 is not online"),
+        (&["-c", "1-"], "invalid CPU list"),
+        (&["-f", "/nonexistent-dir/irqoff.log"], "cannot open log file /nonexistent-dir/irqoff.log"),
+        (&["--backend", "fentry"], "unknown backend 'fentry' (this tool supports: hw, sw)"),
+        (&["soon"], "invalid duration 'soon'"),
+    ];
+    for (args, want) in cases {
+        let out = run(BIN, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with("irqoff: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+    // Tests run one at a time, so no irqoff program may be loaded now.
+    let names = loaded_program_names();
+    assert!(!names.iter().any(|n| n.starts_with("irqoff_")), "{names:?}");
+}
+
+#[test]
+fn missing_privileges_is_one_clear_line() {
+    // setpriv from util-linux: run as nobody with no capabilities.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", BIN, "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim(), "irqoff: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)");
+}
+
+#[test]
+fn json_lines_parse_and_end_with_a_summary() {
+    let out = run(BIN, &["-t", "10", "--json", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = out.json_lines();
+    let summary = lines.last().expect("a summary line");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["mode"], "sw");
+    assert_eq!(summary["threshold_us"], 10_000);
+    assert_eq!(summary["stop_reason"], "duration ended");
+    let cpus = summary["per_cpu"].as_array().unwrap();
+    assert_eq!(cpus.len(), kdiag_shared::cpus::online().unwrap().len());
+    // The sampler really ran: about 1000 samples per second on busy CPUs;
+    // an idle vCPU may see fewer, so check the total.
+    let samples: u64 = cpus.iter().map(|c| c["samples"].as_u64().unwrap()).sum();
+    assert!(samples > 500, "{summary}");
+    for l in &lines[..lines.len() - 1] {
+        assert!(l["type"] == "window" || l["type"] == "ongoing", "{l}");
+        assert!(l["lat_us"].as_u64().unwrap() >= 10_000, "{l}");
+    }
+}
+
+#[test]
+fn log_file_is_appended_not_truncated() {
+    let path = std::env::temp_dir().join(format!("irqoff-test-{}.log", std::process::id()));
+    std::fs::write(&path, "an earlier run's findings\n").unwrap();
+    let p = path.to_str().unwrap();
+    for _ in 0..2 {
+        let out = run(BIN, &["-f", p, "1"]);
+        assert!(out.status.success(), "{out:?}");
+        // The engineer at the terminal still sees the summary.
+        assert!(out.stdout.contains("irqoff: duration ended"), "{}", out.stdout);
+        assert!(out.stderr.contains(&format!("appending to {p}")), "{}", out.stderr);
+    }
+    let log = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(log.starts_with("an earlier run's findings\nTIME(irqoff)"), "{log}");
+    assert_eq!(log.matches("TIME(irqoff)").count(), 2, "{log}");
+    assert_eq!(log.matches("irqoff: duration ended").count(), 2, "{log}");
+}
+
+/// Run irqoff, note the programs, links and perf fds it holds, stop it with
+/// `stop` (None: let the duration end), and prove all of it was released.
+fn detaches_everything(stop: Option<i32>, reason: &str) {
+    let args: &[&str] = if stop.is_some() { &["--json"] } else { &["--json", "2"] };
+    let mut r = spawn(BIN, args);
+    r.wait_for_stderr(BANNER, START);
+    let held: Held = held_by(r.pid());
+    let cpus = kdiag_shared::cpus::online().unwrap().len();
+    // The cpu-clock program on one perf event per CPU, and the idle
+    // tracking program on power:cpu_idle (a link over one more perf event).
+    assert_eq!(held.progs.len(), 2, "{held:?}");
+    assert_eq!(held.links.len(), 1, "{held:?}");
+    assert_eq!(held.perf_events, cpus + 1, "{held:?}");
+    if let Some(sig) = stop {
+        r.signal(sig);
+    }
+    let out = r.wait();
+    assert!(out.status.success(), "{out:?}");
+    let summary = out.json_lines().pop().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["stop_reason"], reason);
+    kdiag_testkit::assert_released(&held, Duration::from_secs(5));
+}
+
+#[test]
+fn detaches_after_the_duration() {
+    detaches_everything(None, "duration ended");
+}
+
+#[test]
+fn detaches_after_sigint() {
+    detaches_everything(Some(libc::SIGINT), "SIGINT received");
+}
+
+#[test]
+fn detaches_after_sigterm() {
+    detaches_everything(Some(libc::SIGTERM), "SIGTERM received");
+}
+
+/// Keeps a CPU busy so that it never idles (under a hypervisor an idle
+/// vCPU's timers are served late, which is noise here), mostly in the
+/// kernel, reading /dev/zero, so windows end with a kernel stack to show.
+struct Spinner(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Spinner {
+    fn on(cpu: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let h = std::thread::spawn(move || {
+            // SAFETY: cpu_set_t is plain data; pins only this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu as usize, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            let mut zero = std::fs::File::open("/dev/zero").unwrap();
+            let mut buf = vec![0u8; 4 << 20];
+            while !s.load(Ordering::Relaxed) {
+                std::io::Read::read_exact(&mut zero, &mut buf).unwrap();
+            }
+        });
+        Spinner(stop, Some(h))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        self.1.take().map(|h| h.join());
+    }
+}
+
+/// Real windows of 20 and 50 ms, and one of 5 ms, made by a BPF program
+/// spinning in hrtimer context on one CPU. At -t 10: the 20 and 50 ms
+/// windows are each reported once, within one sampling period of the
+/// measured spin; the 5 ms window is not reported.
+#[test]
+fn detects_real_windows_of_known_length() {
+    let cpu = last_cpu();
+    let _busy = Spinner::on(cpu);
+    let cpu_arg = cpu.to_string();
+    let mut r = spawn(BIN, &["-t", "10", "-c", &cpu_arg, "--json", "--max-rate", "0"]);
+    r.wait_for_stderr(BANNER, START);
+
+    let wanted_ms = [20u64, 50, 5];
+    let mut storage = MaybeUninit::uninit();
+    let mut open = inject::InjectSkelBuilder::default().open(&mut storage).unwrap();
+    let ro = open.maps.rodata_data.as_deref_mut().unwrap();
+    for (i, ms) in wanted_ms.iter().enumerate() {
+        ro.spins_ns[i] = ms * 1_000_000;
+    }
+    ro.nr_spins = wanted_ms.len() as u32;
+    let skel = open.load().unwrap();
+    let ev = PerfEvent::open(EventSpec::SwCpuClock { period_ns: 300_000_000 }, cpu).unwrap();
+    ev.attach_bpf(skel.progs.inject_irqoff.as_fd().as_raw_fd()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while skel.maps.bss_data.as_ref().unwrap().done < wanted_ms.len() as u32 {
+        assert!(Instant::now() < deadline, "injector did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(ev);
+    std::thread::sleep(Duration::from_millis(300));
+    r.signal(libc::SIGINT);
+    let out = r.wait();
+    assert!(out.status.success(), "{out:?}");
+
+    let bss = skel.maps.bss_data.as_ref().unwrap();
+    let lines = out.json_lines();
+    let windows: Vec<&Value> = lines.iter().filter(|l| l["type"] == "window").collect();
+    let period_ns = 1_000_000u64;
+    for (i, ms) in wanted_ms.iter().enumerate() {
+        let (start, spun) = (bss.start_ns[i], bss.spun_ns[i]);
+        assert!(spun >= ms * 1_000_000, "spin {i} was {spun} ns");
+        // A record covers [end - lat, end]; it belongs to this injection if
+        // it ends within a few periods after the spin ended.
+        let matching: Vec<&&Value> = windows
+            .iter()
+            .filter(|w| {
+                let end = w["mono_ns"].as_u64().unwrap();
+                end >= start + spun && end <= start + spun + 3 * period_ns
+            })
+            .collect();
+        if *ms < 10 {
+            assert!(matching.is_empty(), "{ms} ms window reported at -t 10: {matching:?}");
+            continue;
+        }
+        assert_eq!(matching.len(), 1, "{ms} ms window: {matching:?}\nall: {windows:?}");
+        let w = matching[0];
+        let lat_ns = w["lat_us"].as_u64().unwrap() * 1000;
+        assert_eq!(w["cpu"].as_u64(), Some(cpu as u64));
+        // Within one sampling period of the truth: the last tick before the
+        // window came up to one period before it (report short by up to a
+        // period); a tick lost to the hypervisor just before it makes the
+        // report long by up to a period.
+        assert!(lat_ns.abs_diff(spun) <= period_ns + 10_000, "{ms} ms: spun {spun} ns, reported {w}");
+        // Software mode: the stack is where interrupts came back on, which
+        // is the spinner's read(2) unless it was caught in user space.
+        assert_eq!(w["stack_of"], "reenabler");
+        let syms: Vec<&str> = w["stack"].as_array().unwrap().iter().filter_map(|f| f["sym"].as_str()).collect();
+        assert!(syms.is_empty() || syms.iter().any(|s| s.contains("read")), "{w}");
+    }
+    let summary = lines.last().unwrap();
+    assert!(summary["windows"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(summary["lost"], 0);
+}
