@@ -49,7 +49,9 @@ pub struct RunControl {
 }
 
 impl RunControl {
-    /// Start the clock and take over SIGINT, SIGTERM and SIGHUP.
+    /// Start the clock and take over SIGINT, SIGTERM and SIGHUP. Call it
+    /// before printing the banner: users and tests take the banner as the
+    /// sign that the tool is running and can be stopped cleanly.
     pub fn start(duration: Option<Duration>) -> std::io::Result<Self> {
         let signal = Arc::new(AtomicUsize::new(0));
         for (sig, _) in SIGNALS {

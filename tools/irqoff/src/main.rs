@@ -110,6 +110,9 @@ fn run(cli: cli::Cli) -> Result<()> {
     attach(&events.clock, &skel.progs.irqoff_tick)?;
     attach(&events.nmi, &skel.progs.irqoff_nmi)?;
 
+    // Signals are ours from here on, before the banner tells anyone (or any
+    // test) that the run has started.
+    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     let mode = if hw { "hardware NMI" } else { "software cpu-clock" };
     eprintln!(
         "irqoff: {mode} mode, resolution {} us: {}",
@@ -149,7 +152,6 @@ fn run(cli: cli::Cli) -> Result<()> {
     )
     .map_err(|e| anyhow!(e))?;
 
-    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     let wall = WallClock::new();
     let mut symbolizer = Symbolizer::new();
     if !cli.json {
