@@ -1,13 +1,29 @@
 //! Command-line conventions every tool shares: errors are one line on
 //! stderr and exit code 2, so a script or an ops engineer at 3 a.m. sees
-//! what is wrong without scrolling past usage text.
+//! what is wrong without scrolling past usage text. Man pages and shell
+//! completions come from the same clap definition, so they cannot drift
+//! from the real flags.
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use std::io::Write;
+
+/// Set to `man`, `bash`, `zsh` or `fish` to make a tool print its man page
+/// or completion script instead of running (packaging uses it).
+pub const GENERATE_ENV: &str = "KDIAG_GENERATE";
 
 /// Parse the command line; on a usage error print `tool: what is wrong`
 /// and exit 2. `--help` and `--version` print as usual and exit 0.
 pub fn parse<T: Parser>(tool: &str) -> T {
+    if let Some(what) = std::env::var_os(GENERATE_ENV) {
+        let mut out = std::io::stdout().lock();
+        let res = generate::<T>(tool, &what.to_string_lossy(), &mut out).and_then(|()| out.flush());
+        if let Err(e) = res {
+            eprintln!("{tool}: {GENERATE_ENV}: {e}");
+            std::process::exit(2);
+        }
+        std::process::exit(0);
+    }
     match T::try_parse() {
         Ok(v) => v,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
@@ -16,6 +32,24 @@ pub fn parse<T: Parser>(tool: &str) -> T {
             std::process::exit(2);
         }
     }
+}
+
+/// Write the man page (section 8: system administration) or a completion
+/// script for `T`.
+pub fn generate<T: CommandFactory>(tool: &str, what: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    let mut cmd = T::command();
+    let shell = match what {
+        "man" => return clap_mangen::Man::new(cmd).section("8").render(out),
+        "bash" => Shell::Bash,
+        "zsh" => Shell::Zsh,
+        "fish" => Shell::Fish,
+        other => {
+            return Err(std::io::Error::other(format!("unknown output '{other}' (man, bash, zsh, fish)")));
+        }
+    };
+    clap_complete::generate(shell, &mut cmd, tool, out);
+    Ok(())
 }
 
 /// The first line of a clap error, without its "error: " prefix.
@@ -27,6 +61,38 @@ fn one_line(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in tool with the flags of the real ones.
+    #[derive(Parser)]
+    #[command(name = "demo", about = "Report things", after_help = "OUTPUT COLUMNS explained here")]
+    struct Demo {
+        /// Threshold in ms.
+        #[arg(short = 't')]
+        threshold: Option<u64>,
+    }
+
+    fn render(what: &str) -> String {
+        let mut out = Vec::new();
+        generate::<Demo>("demo", what, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn man_page_carries_flags_and_column_help() {
+        let man = render("man");
+        assert!(man.starts_with(".ie \\n(.g .ds Aq"), "{}", &man[..60]);
+        assert!(man.contains(".TH demo 8"), "{man}");
+        assert!(man.contains("Threshold in ms") && man.contains("OUTPUT COLUMNS"), "{man}");
+    }
+
+    #[test]
+    fn completions_for_each_shell() {
+        assert!(render("bash").contains("complete -F _demo"));
+        assert!(render("zsh").starts_with("#compdef demo"));
+        assert!(render("fish").contains("complete -c demo"));
+        let mut out = Vec::new();
+        assert!(generate::<Demo>("demo", "tcsh", &mut out).is_err());
+    }
 
     #[test]
     fn keeps_only_what_is_wrong() {

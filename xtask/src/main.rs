@@ -1,6 +1,7 @@
 //! kdiag's task runner: `cargo xtask <task>`. Every task installs what it
 //! needs first, so each works on a fresh Debian 12 machine as root.
 
+mod package;
 mod setup;
 mod tasks;
 
@@ -28,8 +29,15 @@ enum Task {
         args: Vec<String>,
     },
     /// The whole test suite: unit tests, then tests that load real BPF
-    /// programs on this kernel (one at a time: they share the kernel).
+    /// programs on this kernel (one at a time: they share the kernel),
+    /// then the packages are built and checked.
     Test,
+    /// Build the kdiag .deb and .rpm into target/package/.
+    Package {
+        /// Also run the package checks of the test suite.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,6 +54,14 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::ensure()?;
             tasks::test()
+        }
+        Task::Package { check } => {
+            setup::ensure()?;
+            let built = package::package()?;
+            if check {
+                package::check::run_checks(&built, &mut tasks::Tally::default())?;
+            }
+            Ok(())
         }
     }
 }
