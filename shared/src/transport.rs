@@ -18,8 +18,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The ring buffer if this kernel can create one.
+    /// The ring buffer if this kernel can create one. `KDIAG_TRANSPORT=perf`
+    /// forces the perf buffer, the path of kernels before 5.8, so that it
+    /// can be tested (and compared) on new ones.
     pub fn detect() -> Self {
+        if std::env::var_os("KDIAG_TRANSPORT").is_some_and(|v| v == "perf") {
+            return Kind::PerfBuf;
+        }
         match MapType::RingBuf.is_supported() {
             Ok(true) => Kind::RingBuf,
             _ => Kind::PerfBuf,

@@ -37,8 +37,14 @@ impl Output {
 
 /// Start `bin` with `args`, stdout piped.
 pub fn spawn(bin: &str, args: &[&str]) -> Running {
+    spawn_with_env(bin, args, &[])
+}
+
+/// Start `bin` with `args` and extra environment variables.
+pub fn spawn_with_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -199,11 +199,22 @@ impl Drop for Spinner {
 /// measured spin; the 5 ms window is not reported.
 #[test]
 fn detects_real_windows_of_known_length() {
+    detects_injected_windows(&[], "ring buffer");
+}
+
+/// The same through the perf buffer, the transport of kernels before 5.8.
+#[test]
+fn detects_real_windows_through_the_perf_buffer() {
+    detects_injected_windows(&[("KDIAG_TRANSPORT", "perf")], "perf buffer");
+}
+
+fn detects_injected_windows(env: &[(&str, &str)], transport: &str) {
     let cpu = last_cpu();
     let _busy = Spinner::on(cpu);
     let cpu_arg = cpu.to_string();
-    let mut r = spawn(BIN, &["-t", "10", "-c", &cpu_arg, "--json", "--max-rate", "0"]);
-    r.wait_for_stderr(BANNER, START);
+    let mut r = kdiag_testkit::spawn_with_env(BIN, &["-t", "10", "-c", &cpu_arg, "--json", "--max-rate", "0"], env);
+    let banner = r.wait_for_stderr(BANNER, START);
+    assert!(banner.contains(&format!("events via {transport}")), "{banner}");
 
     let wanted_ms = [20u64, 50, 5];
     let mut storage = MaybeUninit::uninit();
