@@ -1,6 +1,7 @@
 //! kdiag's task runner: `cargo xtask <task>`. Every task installs what it
 //! needs first, so each works on a fresh Debian 12 machine as root.
 
+mod bench;
 mod package;
 mod setup;
 mod tasks;
@@ -32,6 +33,9 @@ enum Task {
     /// programs on this kernel (one at a time: they share the kernel),
     /// then the packages are built and checked.
     Test,
+    /// Measure each tool: binary size, start-up time, BPF time per traced
+    /// event and CPU share, peak RSS.
+    Bench,
     /// Build the kdiag .deb and .rpm into target/package/.
     Package {
         /// Also run the package checks of the test suite.
@@ -54,6 +58,10 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::ensure()?;
             tasks::test()
+        }
+        Task::Bench => {
+            setup::ensure()?;
+            bench::bench()
         }
         Task::Package { check } => {
             setup::ensure()?;
