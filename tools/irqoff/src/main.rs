@@ -64,15 +64,12 @@ fn run(cli: cli::Cli) -> Result<()> {
     let clock_spec = EventSpec::SwCpuClock { period_ns: period.as_nanos() as u64 };
     let mut events = Events::default();
     let choice = backend::choose(&LADDER, forced, |m| {
-        match m {
-            Mechanism::PerfHw => {
-                let khz = params::cpu_khz(cpus[0]).unwrap_or(1_000_000);
-                let spec = EventSpec::HwCycles {
-                    period_cycles: params::cycles_for(params::nmi_interval(threshold), khz),
-                };
-                events.nmi = perf::open_on_cpus(&cpus, |c| PerfEvent::open(spec, c))?;
-            }
-            _ => {}
+        // Whatever a failed rung opened is closed before the next one tries.
+        events = Events::default();
+        if m == Mechanism::PerfHw {
+            let khz = params::cpu_khz(cpus[0]).unwrap_or(1_000_000);
+            let spec = EventSpec::HwCycles { period_cycles: params::cycles_for(params::nmi_interval(threshold), khz) };
+            events.nmi = perf::open_on_cpus(&cpus, |c| PerfEvent::open(spec, c))?;
         }
         events.clock = perf::open_on_cpus(&cpus, |c| PerfEvent::open(clock_spec, c))?;
         Ok(())
