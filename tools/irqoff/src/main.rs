@@ -290,3 +290,27 @@ fn summarize(
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No machine here has a PMU, so the NMI program never runs in tests;
+    /// it must at least pass the verifier of this kernel, with both
+    /// transports, exactly as hardware mode loads it.
+    #[test]
+    fn hardware_mode_programs_pass_the_verifier() {
+        for transport in [Transport::RingBuf, Transport::PerfBuf] {
+            let mut storage = MaybeUninit::uninit();
+            let mut open = IrqoffSkelBuilder::default().open(&mut storage).unwrap();
+            let ro = open.maps.rodata_data.as_deref_mut().unwrap();
+            ro.hw_mode = true;
+            ro.kd_use_ringbuf = transport == Transport::RingBuf;
+            transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).unwrap();
+            transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf).unwrap();
+            let skel = open.load().unwrap_or_else(|e| panic!("{transport:?}: {e:#}"));
+            assert!(skel.progs.irqoff_nmi.as_fd().as_raw_fd() >= 0);
+            assert!(skel.progs.irqoff_tick.as_fd().as_raw_fd() >= 0);
+        }
+    }
+}

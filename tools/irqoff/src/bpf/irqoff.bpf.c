@@ -111,6 +111,26 @@ int irqoff_idle(struct trace_event_raw_cpu *ctx)
 	return 0;
 }
 
+/* Fill the common part of a record; the holder saved by the NMI, if any,
+ * is who the window belongs to. */
+static __always_inline void fill(struct irqoff_event *e, struct cpu_state *st, __u32 kind,
+				 __u64 now, __u64 start, __u64 lat, bool holder)
+{
+	e->ts_ns = now;
+	e->start_ns = start;
+	e->lat_ns = lat;
+	e->cpu = bpf_get_smp_processor_id();
+	e->kind = kind;
+	if (!holder)
+		return;
+	e->stack_of = IRQOFF_HOLDER;
+	e->pid = st->holder_pid;
+	e->tid = st->holder_tid;
+	e->stack_sz = st->holder_stack_sz;
+	__builtin_memcpy(e->comm, st->holder_comm, sizeof(e->comm));
+	__builtin_memcpy(e->stack, st->holder_stack, sizeof(e->stack));
+}
+
 static __always_inline bool rate_limited(struct cpu_state *st, __u64 now)
 {
 	__u64 sec;
@@ -169,19 +189,8 @@ int irqoff_tick(struct bpf_perf_event_data *ctx)
 		s->lost++;
 		return 0;
 	}
-	e->ts_ns = now;
-	e->start_ns = prev;
-	e->lat_ns = lat;
-	e->cpu = bpf_get_smp_processor_id();
-	e->kind = IRQOFF_WINDOW;
-	if (flagged) {
-		e->stack_of = IRQOFF_HOLDER;
-		e->pid = st->holder_pid;
-		e->tid = st->holder_tid;
-		e->stack_sz = st->holder_stack_sz;
-		__builtin_memcpy(e->comm, st->holder_comm, sizeof(e->comm));
-		__builtin_memcpy(e->stack, st->holder_stack, sizeof(e->stack));
-	} else {
+	fill(e, st, IRQOFF_WINDOW, now, prev, lat, flagged);
+	if (!flagged) {
 		e->stack_of = IRQOFF_REENABLER;
 		pid_tgid = bpf_get_current_pid_tgid();
 		e->pid = pid_tgid >> 32;
@@ -238,17 +247,7 @@ int irqoff_nmi(struct bpf_perf_event_data *ctx)
 		s->nmi_lost++;
 		return 0;
 	}
-	e->ts_ns = now;
-	e->start_ns = last;
-	e->lat_ns = stale;
-	e->cpu = bpf_get_smp_processor_id();
-	e->kind = IRQOFF_ONGOING;
-	e->stack_of = IRQOFF_HOLDER;
-	e->pid = st->holder_pid;
-	e->tid = st->holder_tid;
-	e->stack_sz = st->holder_stack_sz;
-	__builtin_memcpy(e->comm, st->holder_comm, sizeof(e->comm));
-	__builtin_memcpy(e->stack, st->holder_stack, sizeof(e->stack));
+	fill(e, st, IRQOFF_ONGOING, now, last, stale, true);
 	if (kd_submit(ctx, nmi_events, e, sizeof(*e)))
 		s->nmi_lost++;
 	return 0;
