@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: GPL-2.0
+/* compactwatch: high-order allocations, the direct reclaim and compaction
+ * they trigger, and the ones that fail.
+ *
+ * Everything hangs on classic tracepoints read through CO-RE records: their
+ * field names have been stable for years, while the raw_tp/tp_btf argument
+ * lists of the compaction events changed around 5.18 (they now pass
+ * struct compact_control *). No kprobes: the host kernel has none.
+ *
+ * A stall episode of a task opens at mm_vmscan_direct_reclaim_begin or
+ * mm_compaction_try_to_compact_pages for an order >= min_order, and closes
+ * at the mm_page_alloc that ends that __alloc_pages() call (it fires once,
+ * with pfn -1 on failure). Events in between that carry no order
+ * (compaction begin/end, migratepages) are kept only for tasks with an
+ * open episode or a compaction run in progress, so a busy box does not
+ * flood the buffer. Successful allocations without an episode are only
+ * counted, by stack, in the kernel. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "kdiag.bpf.h"
+#include "compactwatch.h"
+
+const volatile __u32 min_order = 4;
+const volatile __u32 target_tgid = 0; /* 0: every task */
+
+struct tstate {
+	__u32 active;   /* in an allocation stall episode */
+	__u32 running;  /* between compaction begin and end */
+	__u64 migrated; /* mm_compaction_migratepages sums for the current run */
+	__u64 failed;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct tstate);
+} tasks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 127 * sizeof(__u64));
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct cw_alloc_key);
+	__type(value, struct cw_alloc_val);
+} allocs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cw_stats);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cw_event);
+} scratch SEC(".maps");
+
+KD_CHANNEL(events, 256 * 1024);
+
+struct cw_event cw_event_layout = {};
+struct cw_alloc_key cw_alloc_key_layout = {};
+struct cw_alloc_val cw_alloc_val_layout = {};
+struct cw_stats cw_stats_layout = {};
+
+/* Before 4.x-era cleanups mm_page_alloc recorded the page pointer. */
+struct trace_event_raw_mm_page_alloc___page {
+	struct page *page;
+} __attribute__((preserve_access_index));
+
+/* gfp fields were gfp_t (4 bytes) on older kernels, unsigned long now:
+ * read as many bytes as the running kernel's field has. */
+#define CW_READ_UINT(dst, ctx, field)                                                \
+	do {                                                                         \
+		dst = 0;                                                             \
+		bpf_probe_read_kernel(&dst, bpf_core_field_size(ctx->field) & 15,   \
+				      &ctx->field);                                 \
+	} while (0)
+
+static __always_inline struct cw_stats *get_stats(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+static __always_inline bool tgid_wanted(__u64 pid_tgid)
+{
+	return !target_tgid || (pid_tgid >> 32) == target_tgid;
+}
+
+static __always_inline struct cw_event *new_event(__u32 kind, __u64 pid_tgid)
+{
+	struct cw_event *e = kd_reserve(events, &scratch, 0, sizeof(*e));
+
+	if (!e) {
+		struct cw_stats *s = get_stats();
+		if (s)
+			s->lost++;
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->order = -1;
+	e->stack_id = -1;
+	e->cpu_node = bpf_get_numa_node_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+static __always_inline void send(void *ctx, struct cw_event *e)
+{
+	if (kd_submit(ctx, events, e, sizeof(*e))) {
+		struct cw_stats *s = get_stats();
+		if (s)
+			s->lost++;
+	}
+}
+
+static __always_inline __s32 stack_of(void *ctx)
+{
+	__s32 id = bpf_get_stackid(ctx, &stacks, 0);
+
+	if (id < 0) {
+		struct cw_stats *s = get_stats();
+		if (s)
+			s->stack_failed++;
+	}
+	return id;
+}
+
+SEC("tracepoint/kmem/mm_page_alloc")
+int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
+{
+	__u64 pid_tgid, pfn = 0, gfp;
+	__u32 order = ctx->order, tid;
+	struct cw_stats *s;
+	struct cw_event *e;
+	struct tstate *t;
+	bool failed;
+
+	if (order < min_order)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!tgid_wanted(pid_tgid))
+		return 0;
+	if (bpf_core_field_exists(ctx->pfn)) {
+		CW_READ_UINT(pfn, ctx, pfn);
+		failed = pfn == (__u64)-1 || (bpf_core_field_size(ctx->pfn) == 4 && pfn == 0xffffffffULL);
+	} else {
+		struct trace_event_raw_mm_page_alloc___page *old = (void *)ctx;
+		failed = BPF_CORE_READ(old, page) == 0;
+	}
+	CW_READ_UINT(gfp, ctx, gfp_flags);
+	s = get_stats();
+	if (s && order < CW_MAX_ORDER) {
+		if (failed)
+			s->alloc_fail[order]++;
+		else
+			s->alloc_ok[order]++;
+	}
+	tid = (__u32)pid_tgid;
+	t = bpf_map_lookup_elem(&tasks, &tid);
+	if (failed || (t && t->active)) {
+		e = new_event(failed ? CW_ALLOC_FAIL : CW_ALLOC_DONE, pid_tgid);
+		if (e) {
+			e->order = order;
+			e->gfp = gfp;
+			e->a = failed ? -1 : (__s64)pfn;
+			e->b = ctx->migratetype;
+			e->stack_id = stack_of(ctx);
+			send(ctx, e);
+		}
+		if (t && !t->running)
+			bpf_map_delete_elem(&tasks, &tid);
+		else if (t)
+			t->active = 0;
+	}
+	if (!failed) {
+		struct cw_alloc_key k = { .stack_id = bpf_get_stackid(ctx, &stacks, 0), .order = order };
+		struct cw_alloc_val *v = bpf_map_lookup_elem(&allocs, &k);
+
+		if (!v) {
+			struct cw_alloc_val nv = {};
+			if (bpf_map_update_elem(&allocs, &k, &nv, BPF_NOEXIST) && s)
+				s->counts_full++;
+			v = bpf_map_lookup_elem(&allocs, &k);
+		}
+		if (v) {
+			__sync_fetch_and_add(&v->count, 1);
+			v->last_pid = pid_tgid >> 32;
+			bpf_get_current_comm(v->last_comm, sizeof(v->last_comm));
+		}
+	}
+	return 0;
+}
+
+/* Open (or keep open) the stall episode of the current task. */
+static __always_inline void open_episode(__u32 tid)
+{
+	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+
+	if (t) {
+		t->active = 1;
+	} else {
+		struct tstate nt = { .active = 1 };
+		bpf_map_update_elem(&tasks, &tid, &nt, BPF_ANY);
+	}
+}
+
+SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_begin")
+int cw_reclaim_begin(struct trace_event_raw_mm_vmscan_direct_reclaim_begin_template *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	int order = ctx->order;
+	struct cw_event *e;
+
+	if (order < (int)min_order || !tgid_wanted(pid_tgid))
+		return 0;
+	open_episode((__u32)pid_tgid);
+	e = new_event(CW_RECLAIM_BEGIN, pid_tgid);
+	if (!e)
+		return 0;
+	e->order = order;
+	CW_READ_UINT(e->gfp, ctx, gfp_flags);
+	e->stack_id = stack_of(ctx);
+	send(ctx, e);
+	return 0;
+}
+
+SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_end")
+int cw_reclaim_end(struct trace_event_raw_mm_vmscan_direct_reclaim_end_template *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	struct cw_event *e;
+
+	if (!t || !t->active)
+		return 0;
+	e = new_event(CW_RECLAIM_END, pid_tgid);
+	if (!e)
+		return 0;
+	CW_READ_UINT(e->a, ctx, nr_reclaimed);
+	send(ctx, e);
+	return 0;
+}
+
+SEC("tracepoint/compaction/mm_compaction_try_to_compact_pages")
+int cw_try_compact(struct trace_event_raw_mm_compaction_try_to_compact_pages *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	int order = ctx->order;
+	struct cw_event *e;
+
+	if (order < (int)min_order || !tgid_wanted(pid_tgid))
+		return 0;
+	open_episode((__u32)pid_tgid);
+	e = new_event(CW_TRY_COMPACT, pid_tgid);
+	if (!e)
+		return 0;
+	e->order = order;
+	CW_READ_UINT(e->gfp, ctx, gfp_mask);
+	if (bpf_core_field_exists(ctx->prio))
+		e->b = ctx->prio;
+	else
+		e->b = -1;
+	e->stack_id = stack_of(ctx);
+	send(ctx, e);
+	return 0;
+}
+
+/* Compaction runs outside an episode (kcompactd, compact_memory, proactive
+ * compaction) are reported too, unless a -p filter excludes the task. */
+SEC("tracepoint/compaction/mm_compaction_begin")
+int cw_compact_begin(struct trace_event_raw_mm_compaction_begin *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct tstate *t;
+	struct cw_event *e;
+
+	if (!tgid_wanted(pid_tgid))
+		return 0;
+	t = bpf_map_lookup_elem(&tasks, &tid);
+	if (!t) {
+		struct tstate nt = {};
+		bpf_map_update_elem(&tasks, &tid, &nt, BPF_ANY);
+		t = bpf_map_lookup_elem(&tasks, &tid);
+		if (!t)
+			return 0;
+	}
+	t->running = 1;
+	t->migrated = 0;
+	t->failed = 0;
+	e = new_event(CW_COMPACT_BEGIN, pid_tgid);
+	if (!e)
+		return 0;
+	e->a = ctx->zone_start;
+	e->b = ctx->migrate_pfn;
+	e->c = ctx->free_pfn;
+	e->d = ctx->zone_end;
+	e->e = ctx->sync;
+	send(ctx, e);
+	return 0;
+}
+
+SEC("tracepoint/compaction/mm_compaction_migratepages")
+int cw_migratepages(struct trace_event_raw_mm_compaction_migratepages *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	__u64 m, f;
+
+	if (!t || !t->running)
+		return 0;
+	CW_READ_UINT(m, ctx, nr_migrated);
+	CW_READ_UINT(f, ctx, nr_failed);
+	t->migrated += m;
+	t->failed += f;
+	return 0;
+}
+
+SEC("tracepoint/compaction/mm_compaction_end")
+int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	struct cw_event *e;
+
+	if (!t || !t->running)
+		return 0;
+	t->running = 0;
+	e = new_event(CW_COMPACT_END, pid_tgid);
+	if (e) {
+		e->a = ctx->zone_start;
+		e->b = ctx->migrate_pfn;
+		e->c = ctx->free_pfn;
+		e->d = ctx->zone_end;
+		e->e = ctx->sync;
+		e->f = ctx->status;
+		e->g = t->migrated;
+		e->h = t->failed;
+		send(ctx, e);
+	}
+	if (!t->active)
+		bpf_map_delete_elem(&tasks, &tid);
+	return 0;
+}
+
+static __always_inline int zone_event(void *ctx, __u32 kind, int nid, int idx, int order, __s64 d, __s64 e5,
+				      __s64 f)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	struct cw_event *e;
+
+	if (!t)
+		return 0;
+	e = new_event(kind, pid_tgid);
+	if (!e)
+		return 0;
+	e->order = order;
+	e->a = nid;
+	e->b = idx;
+	e->c = order;
+	e->d = d;
+	e->e = e5;
+	e->f = f;
+	send(ctx, e);
+	return 0;
+}
+
+SEC("tracepoint/compaction/mm_compaction_suitable")
+int cw_suitable(struct trace_event_raw_mm_compaction_suitable_template *ctx)
+{
+	return zone_event(ctx, CW_SUITABLE, ctx->nid, ctx->idx, ctx->order, ctx->ret, 0, 0);
+}
+
+/* compact_finished() traces on every pass of the compaction loop; only the
+ * result that ends the run is worth a record. */
+SEC("tracepoint/compaction/mm_compaction_finished")
+int cw_finished(struct trace_event_raw_mm_compaction_suitable_template *ctx)
+{
+	int ret = ctx->ret;
+
+	if (ret == bpf_core_enum_value(enum compact_result, COMPACT_CONTINUE))
+		return 0;
+	if (bpf_core_enum_value_exists(enum compact_result, COMPACT_NO_SUITABLE_PAGE) &&
+	    ret == bpf_core_enum_value(enum compact_result, COMPACT_NO_SUITABLE_PAGE))
+		return 0;
+	return zone_event(ctx, CW_FINISHED, ctx->nid, ctx->idx, ctx->order, ret, 0, 0);
+}
+
+SEC("tracepoint/compaction/mm_compaction_deferred")
+int cw_deferred(struct trace_event_raw_mm_compaction_defer_template *ctx)
+{
+	return zone_event(ctx, CW_DEFERRED, ctx->nid, ctx->idx, ctx->order, ctx->considered, ctx->defer_shift,
+			  ctx->order_failed);
+}
+
+SEC("tracepoint/compaction/mm_compaction_defer_compaction")
+int cw_defer_compaction(struct trace_event_raw_mm_compaction_defer_template *ctx)
+{
+	return zone_event(ctx, CW_DEFER_COMPACTION, ctx->nid, ctx->idx, ctx->order, ctx->considered,
+			  ctx->defer_shift, ctx->order_failed);
+}
+
+SEC("tracepoint/compaction/mm_compaction_defer_reset")
+int cw_defer_reset(struct trace_event_raw_mm_compaction_defer_template *ctx)
+{
+	return zone_event(ctx, CW_DEFER_RESET, ctx->nid, ctx->idx, ctx->order, ctx->considered, ctx->defer_shift,
+			  ctx->order_failed);
+}
+
+char LICENSE[] SEC("license") = "GPL";
