@@ -1,0 +1,748 @@
+// SPDX-License-Identifier: GPL-2.0
+/* epollwake: who woke each epoll_wait of one process, through which socket,
+ * and what the woken thread then got.
+ *
+ * A thread of the target is "waiting" from sys_enter_epoll_wait (or
+ * epoll_pwait, epoll_pwait2) to the matching exit; the `waiting` map holds
+ * it. sched_waking of a waiting thread runs in the waker's context: its
+ * kernel stack says how the wake-up came (ep_poll_callback, called from
+ * sock_def_readable for data or a new connection, from sock_def_wakeup for
+ * a state change such as the peer's FIN), and which socket is found in a
+ * per-CPU slot written just before:
+ *
+ * - tracepoint backend (no kprobes, no fentry): sock:sk_data_ready fires at
+ *   the top of sock_def_readable and sock:inet_sock_set_state just before
+ *   tcp_fin calls sk_state_change. Both remember the socket per CPU and per
+ *   context (task or softirq), because a softirq can run
+ *   between a task-context tracepoint and its wake-up; the waker's stack
+ *   must pass through the matching callback for the slot to be believed.
+ * - kprobe/fentry backend: ep_poll_callback itself fills the slot from the
+ *   epitem (file, fd, registered mask and data), found from its wait queue
+ *   entry with a CO-RE container_of, and clears it on return.
+ *
+ * All wake-ups caused by one socket event share a `group`: that is how one
+ * new connection waking several workers (a thundering herd) is recognised.
+ * A woken thread that sleeps again inside the same epoll_wait without
+ * returning (another thread took the event first) is reported as RESLEEP. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kdiag.bpf.h"
+#include "epollwake.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EAGAIN 11
+#define TASK_INTERRUPTIBLE 1
+#define EPOLL_CTL_DEL 2
+
+#define LEVELS 2
+
+const volatile __u32 targ_tgid = 0;
+const volatile bool filter_tids = false;
+const volatile bool epitem_backend = false;
+/* [start, end) of enum ew_ksym functions, from /proc/kallsyms. */
+const volatile __u64 ksym_range[EW_NR_KSYMS][2] = {};
+
+struct wait_state {
+	__u64 events;     /* user pointer to struct epoll_event[] */
+	__u64 enter_ts;
+	__u64 woken_ts;
+	__u64 group;
+	__s32 epfd;
+	__s32 maxevents;
+	__u32 syscall;
+	__u32 pad;
+};
+
+/* Threads of the target inside epoll_wait, by tid. Userspace seeds it with
+ * threads already waiting when the run starts (from /proc/TID/syscall). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct wait_state);
+} waiting SEC(".maps");
+
+/* -t: only these threads (when filter_tids). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} tids SEC(".maps");
+
+struct pending_call {
+	__u64 arg0; /* accept: listening fd; epoll_ctl: epfd */
+	__u64 arg1; /* epoll_ctl: op */
+	__u64 arg2; /* epoll_ctl: fd */
+	__u64 arg3; /* epoll_ctl: user pointer to the event */
+};
+
+/* accept and epoll_ctl arguments from enter to exit, by tid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct pending_call);
+} calls SEC(".maps");
+
+/* The socket event in progress on this CPU, per context level, slot
+ * level * 2 + (0: data ready or epitem, 1: state change). */
+struct src_slot {
+	__u64 sk;
+	__u64 file;
+	__u64 seq;
+	__u64 ts;
+	__u64 data;
+	__s32 fd;
+	__u32 events;
+	__u32 active;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LEVELS * 2);
+	__type(key, __u32);
+	__type(value, struct src_slot);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ew_stats);
+} stats SEC(".maps");
+
+/* Perf-buffer path only: one slot per event kind, large enough for any. */
+struct scratch_buf {
+	__u8 b[sizeof(struct ew_wake)];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, struct scratch_buf);
+} scratch SEC(".maps");
+
+KD_CHANNEL(events, 1024 * 1024);
+
+/* Makes the layouts part of BTF, so the skeleton exports them. */
+struct ew_wake ew_wake_layout = {};
+struct ew_return ew_return_layout = {};
+struct ew_fd_event ew_fd_event_layout = {};
+struct ew_uprobe ew_uprobe_layout = {};
+struct ew_stats ew_stats_layout = {};
+
+static __always_inline struct ew_stats *stat(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+static __always_inline void count_lost(void)
+{
+	struct ew_stats *s = stat();
+
+	if (s)
+		__sync_fetch_and_add(&s->lost, 1);
+}
+
+static __always_inline bool is_target(__u64 pid_tgid)
+{
+	__u32 tid = (__u32)pid_tgid;
+
+	if ((pid_tgid >> 32) != targ_tgid)
+		return false;
+	return !filter_tids || bpf_map_lookup_elem(&tids, &tid);
+}
+
+/* Per CPU: 1 + the softirq vector being served, 0 outside softirqs.
+ * Kept from irq:softirq_entry/exit because preempt_count is out of reach
+ * of BPF on kernels whose kallsyms lacks per-CPU variables (the host). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} softirq SEC(".maps");
+
+static __always_inline __u32 softirq_now(void)
+{
+	__u32 zero = 0, *v = bpf_map_lookup_elem(&softirq, &zero);
+
+	return v ? *v : 0;
+}
+
+SEC("tracepoint/irq/softirq_entry")
+int ew_softirq_entry(struct trace_event_raw_softirq *ctx)
+{
+	__u32 zero = 0, *v = bpf_map_lookup_elem(&softirq, &zero);
+
+	if (v)
+		*v = ctx->vec + 1;
+	return 0;
+}
+
+SEC("tracepoint/irq/softirq_exit")
+int ew_softirq_exit(struct trace_event_raw_softirq *ctx)
+{
+	__u32 zero = 0, *v = bpf_map_lookup_elem(&softirq, &zero);
+
+	if (v)
+		*v = 0;
+	return 0;
+}
+
+/* Context level of the socket slots: task 0, softirq 1. Hard interrupts
+ * do not run socket callbacks. */
+static __always_inline struct src_slot *slot_for(__u32 kind)
+{
+	__u32 key = (softirq_now() ? 1 : 0) * 2 + kind;
+
+	return bpf_map_lookup_elem(&slots, &key);
+}
+
+static __always_inline void read_sock(struct ew_sock *s, struct sock *sk)
+{
+	struct socket *sock;
+
+	s->skaddr = (__u64)sk;
+	if (!sk)
+		return;
+	s->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	s->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	s->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	s->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* Bitfields before 5.6, plain u16 since: the probed read handles both. */
+	s->protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	s->type = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type);
+	if (s->family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)s->laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)s->raddr, sk, __sk_common.skc_daddr);
+	} else if (s->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&s->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&s->raddr, sk, __sk_common.skc_v6_daddr);
+	}
+	sock = BPF_CORE_READ(sk, sk_socket);
+	if (sock)
+		s->ino = BPF_CORE_READ(sock, file, f_inode, i_ino);
+}
+
+/* The struct file behind fd in the current task, or NULL. */
+static __always_inline struct file *fd_file(int fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **fds, *f = NULL;
+
+	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline struct sock *file_sock(struct file *f)
+{
+	struct socket *sock;
+	umode_t mode;
+
+	if (!f)
+		return NULL;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	return sock ? BPF_CORE_READ(sock, sk) : NULL;
+}
+
+/* ---- epoll_wait and friends ---- */
+
+static __always_inline int wait_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct wait_state w = {};
+	struct ew_stats *s;
+
+	if (!is_target(pid_tgid))
+		return 0;
+	w.epfd = (int)ctx->args[0];
+	w.events = ctx->args[1];
+	w.maxevents = (int)ctx->args[2];
+	w.enter_ts = bpf_ktime_get_ns();
+	w.syscall = sc;
+	bpf_map_update_elem(&waiting, &tid, &w, BPF_ANY);
+	s = stat();
+	if (s)
+		__sync_fetch_and_add(&s->waits, 1);
+	return 0;
+}
+
+static __always_inline int wait_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct wait_state *w;
+	struct ew_return *e;
+	__u8 raw[12];
+	int ret;
+
+	w = bpf_map_lookup_elem(&waiting, &tid);
+	if (!w)
+		return 0;
+	e = kd_reserve(events, &scratch, EW_RETURN, sizeof(*e));
+	if (!e) {
+		count_lost();
+		bpf_map_delete_elem(&waiting, &tid);
+		return 0;
+	}
+	ret = (int)ctx->ret;
+	e->kind = EW_RETURN;
+	e->tid = tid;
+	e->ts = bpf_ktime_get_ns();
+	e->enter_ts = w->enter_ts;
+	e->woken_ts = w->woken_ts;
+	e->group = w->group;
+	e->ret = ret;
+	e->epfd = w->epfd;
+	e->maxevents = w->maxevents;
+	e->syscall = w->syscall;
+	e->nr = 0;
+	/* struct epoll_event is packed on x86-64: 12 bytes, data at offset 4. */
+	for (int i = 0; i < EW_MAX_EVENTS; i++) {
+		if (i >= ret)
+			break;
+		if (bpf_probe_read_user(raw, sizeof(raw), (void *)(w->events + i * 12)))
+			break;
+		e->ev[i].events = *(__u32 *)&raw[0];
+		e->ev[i].data = *(__u64 *)&raw[4];
+		e->nr = i + 1;
+	}
+	bpf_map_delete_elem(&waiting, &tid);
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_wait")
+int ew_enter_wait(struct trace_event_raw_sys_enter *ctx) { return wait_enter(ctx, EW_SYS_EPOLL_WAIT); }
+SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
+int ew_enter_pwait(struct trace_event_raw_sys_enter *ctx) { return wait_enter(ctx, EW_SYS_EPOLL_PWAIT); }
+SEC("tracepoint/syscalls/sys_enter_epoll_pwait2")
+int ew_enter_pwait2(struct trace_event_raw_sys_enter *ctx) { return wait_enter(ctx, EW_SYS_EPOLL_PWAIT2); }
+SEC("tracepoint/syscalls/sys_exit_epoll_wait")
+int ew_exit_wait(struct trace_event_raw_sys_exit *ctx) { return wait_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
+int ew_exit_pwait(struct trace_event_raw_sys_exit *ctx) { return wait_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait2")
+int ew_exit_pwait2(struct trace_event_raw_sys_exit *ctx) { return wait_exit(ctx); }
+
+/* ---- the socket event in progress, per CPU ---- */
+
+static __always_inline void remember(__u32 kind, struct sock *sk)
+{
+	struct src_slot *sl = slot_for(kind);
+
+	if (!sl)
+		return;
+	sl->sk = (__u64)sk;
+	sl->seq++;
+	sl->ts = bpf_ktime_get_ns();
+}
+
+SEC("tracepoint/sock/sk_data_ready")
+int ew_data_ready(struct trace_event_raw_sk_data_ready *ctx)
+{
+	remember(0, (struct sock *)ctx->skaddr);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int ew_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	remember(1, (struct sock *)ctx->skaddr);
+	return 0;
+}
+
+/* The kprobe/fentry backend: the epitem being signalled. Consecutive calls
+ * on one CPU for the same file within a few microseconds are one wake-up
+ * loop over that file's wait queue, so they share a group. */
+static __always_inline void epitem_enter(wait_queue_entry_t *wait)
+{
+	struct eppoll_entry *pwq;
+	struct epitem *epi;
+	struct src_slot *sl = slot_for(0);
+	struct ew_stats *s = stat();
+	__u64 now = bpf_ktime_get_ns();
+	struct file *file;
+
+	if (!sl)
+		return;
+	if (s)
+		__sync_fetch_and_add(&s->epitems, 1);
+	pwq = (void *)wait - bpf_core_field_offset(struct eppoll_entry, wait);
+	epi = BPF_CORE_READ(pwq, base);
+	file = BPF_CORE_READ(epi, ffd.file);
+	if ((__u64)file != sl->file || now - sl->ts > 20000)
+		sl->seq++;
+	sl->file = (__u64)file;
+	sl->ts = now;
+	sl->fd = BPF_CORE_READ(epi, ffd.fd);
+	sl->events = BPF_CORE_READ(epi, event.events);
+	sl->data = BPF_CORE_READ(epi, event.data);
+	sl->sk = (__u64)file_sock(file);
+	sl->active = 1;
+}
+
+static __always_inline void epitem_exit(void)
+{
+	struct src_slot *sl = slot_for(0);
+
+	if (sl)
+		sl->active = 0;
+}
+
+SEC("fentry/ep_poll_callback")
+int BPF_PROG(ew_fentry_epcb, wait_queue_entry_t *wait)
+{
+	epitem_enter(wait);
+	return 0;
+}
+
+SEC("fexit/ep_poll_callback")
+int BPF_PROG(ew_fexit_epcb, wait_queue_entry_t *wait)
+{
+	epitem_exit();
+	return 0;
+}
+
+SEC("kprobe/ep_poll_callback")
+int BPF_KPROBE(ew_kprobe_epcb, wait_queue_entry_t *wait)
+{
+	epitem_enter(wait);
+	return 0;
+}
+
+SEC("kretprobe/ep_poll_callback")
+int BPF_KRETPROBE(ew_kretprobe_epcb)
+{
+	epitem_exit();
+	return 0;
+}
+
+/* ---- wake-ups ---- */
+
+static __always_inline bool in_range(__u64 a, __u32 k)
+{
+	return a >= ksym_range[k][0] && a < ksym_range[k][1];
+}
+
+SEC("tracepoint/sched/sched_waking")
+int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
+{
+	__u32 tid = ctx->pid, key, level;
+	bool via_ep = false, via_readable = false, via_wakeup = false;
+	__u64 pid_tgid, now;
+	struct src_slot *sl = NULL;
+	struct wait_state *w;
+	struct ew_stats *s;
+	struct ew_wake *e;
+	int n;
+
+	w = bpf_map_lookup_elem(&waiting, &tid);
+	if (!w)
+		return 0;
+	s = stat();
+	e = kd_reserve(events, &scratch, EW_WAKE, sizeof(*e));
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+	pid_tgid = bpf_get_current_pid_tgid();
+	e->kind = EW_WAKE;
+	e->tid = tid;
+	e->ts = now;
+	e->waker_pid = pid_tgid >> 32;
+	e->waker_tid = (__u32)pid_tgid;
+	e->cpu = bpf_get_smp_processor_id();
+	e->softirq = softirq_now();
+	e->epfd = w->epfd;
+	e->ep_fd = -1;
+	e->ep_events = 0;
+	e->ep_data = 0;
+	e->file = 0;
+	e->group = 0;
+	e->source = EW_SRC_NONE;
+	bpf_get_current_comm(e->waker_comm, sizeof(e->waker_comm));
+	bpf_probe_read_kernel(e->woken_comm, sizeof(e->woken_comm), ctx->comm);
+	__builtin_memset(&e->sock, 0, sizeof(e->sock));
+	n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
+	e->stack_sz = n;
+	if (n < 0 && s)
+		__sync_fetch_and_add(&s->stack_failed, 1);
+
+	level = e->softirq ? 1 : 0;
+	if (epitem_backend) {
+		key = level * 2;
+		sl = bpf_map_lookup_elem(&slots, &key);
+		if (sl && sl->active) {
+			e->source = EW_SRC_EPITEM;
+			e->ep_fd = sl->fd;
+			e->ep_events = sl->events;
+			e->ep_data = sl->data;
+			e->file = sl->file;
+		} else {
+			sl = NULL;
+		}
+	} else {
+		for (int i = 0; i < EW_MAX_STACK; i++) {
+			__u64 a;
+
+			if (i * 8 >= n)
+				break;
+			a = e->stack[i];
+			via_ep |= in_range(a, EW_KSYM_EP_POLL_CALLBACK);
+			via_readable |= in_range(a, EW_KSYM_SOCK_DEF_READABLE);
+			via_wakeup |= in_range(a, EW_KSYM_SOCK_DEF_WAKEUP);
+		}
+		/* The innermost socket callback is the one that called
+		 * ep_poll_callback; data-ready nests inside no state change. */
+		if (via_ep && (via_readable || via_wakeup)) {
+			key = level * 2 + (via_readable ? 0 : 1);
+			sl = bpf_map_lookup_elem(&slots, &key);
+			if (sl && sl->sk)
+				e->source = via_readable ? EW_SRC_DATA_READY : EW_SRC_STATE_CHANGE;
+			else
+				sl = NULL;
+		}
+	}
+	if (sl) {
+		/* cpu in the top bits, slot kind and sequence below: unique. */
+		e->group = ((__u64)(e->cpu + 1) << 48) | ((__u64)(key & 7) << 44) | (sl->seq & ((1ULL << 44) - 1));
+		read_sock(&e->sock, (struct sock *)sl->sk);
+	}
+	w->woken_ts = now;
+	w->group = e->group;
+	if (s)
+		__sync_fetch_and_add(&s->wakes, 1);
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+/* Woken, then back to sleep without leaving epoll_wait: the event it was
+ * woken for was gone when it looked (taken by another thread). The sleep
+ * in ep_poll is interruptible; ep->mtx sleeps are not and do not count. */
+SEC("tracepoint/sched/sched_switch")
+int ew_switch(struct trace_event_raw_sched_switch *ctx)
+{
+	__u32 tid = ctx->prev_pid;
+	struct wait_state *w;
+	struct ew_return *e;
+
+	if ((bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
+	if (ctx->prev_state != TASK_INTERRUPTIBLE)
+		return 0;
+	w = bpf_map_lookup_elem(&waiting, &tid);
+	if (!w || !w->woken_ts)
+		return 0;
+	e = kd_reserve(events, &scratch, EW_RESLEEP, sizeof(*e));
+	if (!e) {
+		count_lost();
+		w->woken_ts = 0;
+		return 0;
+	}
+	e->kind = EW_RESLEEP;
+	e->tid = tid;
+	e->ts = bpf_ktime_get_ns();
+	e->enter_ts = w->enter_ts;
+	e->woken_ts = w->woken_ts;
+	e->group = w->group;
+	e->ret = 0;
+	e->epfd = w->epfd;
+	e->maxevents = w->maxevents;
+	e->syscall = w->syscall;
+	e->nr = 0;
+	w->woken_ts = 0;
+	w->group = 0;
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+/* ---- connection life: accept, close, epoll_ctl ---- */
+
+static __always_inline int remember_call(__u64 a0, __u64 a1, __u64 a2, __u64 a3)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct pending_call c = { a0, a1, a2, a3 };
+
+	if (!is_target(pid_tgid))
+		return 0;
+	bpf_map_update_elem(&calls, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+static __always_inline struct ew_fd_event *fd_event(void *ctx, __u32 kind)
+{
+	struct ew_fd_event *e = kd_reserve(events, &scratch, kind, sizeof(*e));
+
+	if (!e) {
+		count_lost();
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	e->tid = (__u32)bpf_get_current_pid_tgid();
+	e->ts = bpf_ktime_get_ns();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+static __always_inline void fill_sock_of_fd(struct ew_fd_event *e, int fd)
+{
+	struct file *f = fd_file(fd);
+	struct sock *sk = file_sock(f);
+
+	if (sk) {
+		e->is_sock = 1;
+		read_sock(&e->sock, sk);
+	} else if (f) {
+		e->sock.ino = BPF_CORE_READ(f, f_inode, i_ino);
+	}
+}
+
+static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct pending_call *c = bpf_map_lookup_elem(&calls, &tid);
+	struct ew_fd_event *e;
+	int ret = (int)ctx->ret, lfd;
+
+	if (!c)
+		return 0;
+	lfd = (int)c->arg0;
+	bpf_map_delete_elem(&calls, &tid);
+	e = fd_event(ctx, EW_ACCEPT);
+	if (!e)
+		return 0;
+	e->ret = ret;
+	e->fd = ret;
+	e->other_fd = lfd;
+	if (ret >= 0)
+		fill_sock_of_fd(e, ret);
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int ew_enter_accept(struct trace_event_raw_sys_enter *ctx) { return remember_call(ctx->args[0], 0, 0, 0); }
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int ew_enter_accept4(struct trace_event_raw_sys_enter *ctx) { return remember_call(ctx->args[0], 0, 0, 0); }
+SEC("tracepoint/syscalls/sys_exit_accept")
+int ew_exit_accept(struct trace_event_raw_sys_exit *ctx) { return accept_exit(ctx); }
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int ew_exit_accept4(struct trace_event_raw_sys_exit *ctx) { return accept_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int ew_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	struct ew_fd_event *e;
+	int fd = (int)ctx->args[0];
+
+	if (!is_target(bpf_get_current_pid_tgid()))
+		return 0;
+	e = fd_event(ctx, EW_CLOSE);
+	if (!e)
+		return 0;
+	e->fd = fd;
+	/* Decoded before the close, while the fd still names the socket. */
+	fill_sock_of_fd(e, fd);
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_ctl")
+int ew_enter_ctl(struct trace_event_raw_sys_enter *ctx)
+{
+	return remember_call(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_ctl")
+int ew_exit_ctl(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct pending_call *c = bpf_map_lookup_elem(&calls, &tid);
+	struct pending_call call;
+	struct ew_fd_event *e;
+	__u8 raw[12];
+
+	if (!c)
+		return 0;
+	call = *c;
+	bpf_map_delete_elem(&calls, &tid);
+	if (ctx->ret != 0)
+		return 0;
+	e = fd_event(ctx, EW_CTL);
+	if (!e)
+		return 0;
+	e->other_fd = (int)call.arg0;
+	e->op = (__u32)call.arg1;
+	e->fd = (int)call.arg2;
+	if (e->op != EPOLL_CTL_DEL && call.arg3 && !bpf_probe_read_user(raw, sizeof(raw), (void *)call.arg3)) {
+		e->events = *(__u32 *)&raw[0];
+		e->data = *(__u64 *)&raw[4];
+	}
+	fill_sock_of_fd(e, e->fd);
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+/* ---- --uprobe: a user function's arguments in the timeline ---- */
+
+SEC("uprobe")
+int ew_uprobe(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct ew_uprobe *e;
+
+	if (!is_target(pid_tgid))
+		return 0;
+	e = kd_reserve(events, &scratch, EW_UPROBE, sizeof(*e));
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	e->kind = EW_UPROBE;
+	e->tid = (__u32)pid_tgid;
+	e->ts = bpf_ktime_get_ns();
+	e->cookie = bpf_get_attach_cookie(ctx);
+	e->cpu = bpf_get_smp_processor_id();
+	e->args[0] = PT_REGS_PARM1(ctx);
+	e->args[1] = PT_REGS_PARM2(ctx);
+	e->args[2] = PT_REGS_PARM3(ctx);
+	e->args[3] = PT_REGS_PARM4(ctx);
+	e->args[4] = PT_REGS_PARM5(ctx);
+	e->args[5] = PT_REGS_PARM6(ctx);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (kd_submit(ctx, events, e, sizeof(*e)))
+		count_lost();
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
