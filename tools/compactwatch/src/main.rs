@@ -157,6 +157,9 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
         }
     }
 
+    // Signals are ours before the banner says we are ready, so a Ctrl-C
+    // right after it still ends with a summary and a clean detach.
+    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     eprintln!(
         "compactwatch: kernel {kernel}, {} watermark algorithm{}; GFP names from the {}, compaction status from the {}",
         algo.name(),
@@ -185,7 +188,6 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
     })
     .map_err(|e| anyhow!(e))?;
 
-    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     let mut sink = Sink::stdout();
     let mut ctx = Ctx {
         dec: &dec,
