@@ -517,7 +517,7 @@ fn summary(
             }
         })
         .collect();
-    top.sort_by(|a, b| b.1.count.cmp(&a.1.count));
+    top.sort_by_key(|(_, v)| std::cmp::Reverse(v.count));
     top.truncate(10);
     let callers: Vec<Value> = top
         .iter()
