@@ -71,7 +71,9 @@ fn seed_waiting(map: &libbpf_rs::MapMut, w: &target::Waiting) {
 
 fn run(cli: cli::Cli) -> Result<()> {
     // Everything the user can get wrong is checked before anything loads.
-    let pid = cli.pid;
+    // Checked here rather than by clap, whose one-line error would not
+    // name the missing option.
+    let pid = cli.pid.ok_or_else(|| anyhow!("missing -p PID: the process whose epoll wake-ups to explain"))?;
     let comm = target::comm(pid).ok_or_else(|| anyhow!("no process with PID {pid}"))?;
     for tid in &cli.tids {
         if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
@@ -183,6 +185,8 @@ fn run(cli: cli::Cli) -> Result<()> {
         seed_waiting(&skel.maps.waiting, w);
     }
 
+    // Signals are ours before the banner tells anyone we are running.
+    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     let how = if epitem {
         "ep_poll_callback's epitem names the file and fd".to_string()
     } else if notes.is_empty() {
@@ -214,7 +218,6 @@ fn run(cli: cli::Cli) -> Result<()> {
     let opts = Options { json: cli.json, stacks: cli.stacks, filter: Filter { fd: cli.fd, port: cli.port } };
     let mut timeline = Timeline::new(pid, opts, uprobe_names);
     let mut sink = Sink::stdout();
-    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     if !cli.json {
         sink.text(report::HEADER)?;
     }

@@ -239,7 +239,9 @@ impl Timeline {
                 if mask::ctl_op(op) == "DEL" {
                     self.fdmap.remove(epfd, fd);
                 } else {
-                    self.fdmap.set(epfd, Reg { fd, events: c.events, data: c.data, ino: c.sock.ino });
+                    // As the kernel stores it: ADD and MOD always add these two.
+                    let events = c.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+                    self.fdmap.set(epfd, Reg { fd, events, data: c.data, ino: c.sock.ino });
                 }
                 let body = Body::EpollCtl {
                     epfd,
