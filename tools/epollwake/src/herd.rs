@@ -105,13 +105,13 @@ impl Herds {
         let epoll_woken = wake.as_ref().is_some_and(|w| w.epoll);
         let wake = wake.unwrap_or_default();
         self.after_return.insert(tid, AfterReturn { epoll_woken, accepted: false, wake: wake.clone() });
-        (epoll_woken && ret == 0).then(|| Charge { kind: Wasted::NoEvents, group: wake.group, key: wake.key })
+        (epoll_woken && ret == 0).then_some(Charge { kind: Wasted::NoEvents, group: wake.group, key: wake.key })
     }
 
     /// Woken, then asleep again in the same epoll_wait.
     pub fn on_resleep(&mut self, tid: u32) -> Option<Charge> {
         let w = self.last_wake.remove(&tid)?;
-        w.epoll.then(|| Charge { kind: Wasted::SleptAgain, group: w.group, key: w.key })
+        w.epoll.then_some(Charge { kind: Wasted::SleptAgain, group: w.group, key: w.key })
     }
 
     /// accept returned; only the first accept after a return judges it.

@@ -208,7 +208,7 @@ fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Val
     let out = r.wait();
     assert!(out.status.success(), "{out:?}");
     let lines = out.json_lines();
-    let all = format!("{}", out.stdout);
+    let all = out.stdout.clone();
     let port = server.addr.port() as u64;
     let owner = server.accepted.1.load(Ordering::SeqCst) as u32;
     let conn_fd = server.accepted.0.load(Ordering::SeqCst) as i64;
@@ -340,7 +340,7 @@ fn uprobe_arguments_in_the_timeline() {
 fn text_output_reads_like_the_seed() {
     let server = Server::start("127.0.0.1:0");
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--summary".into()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--summary".into(), "--stacks".into()];
     args.extend(server.tid_args());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut r = spawn(BIN, &argv);
@@ -357,6 +357,8 @@ fn text_output_reads_like_the_seed() {
     assert!(s.contains("[EPOLLIN|EPOLLERR|EPOLLHUP|EPOLLRDHUP|EPOLLET]"), "{s}");
     assert!(s.contains("via sock_def_readable: fd "), "{s}");
     assert!(s.contains("ESTABLISHED"), "{s}");
+    // --stacks: the waker's kernel stack, through the epoll callback.
+    assert!(s.lines().any(|l| l.starts_with("    <0x") && l.contains("> ep_poll_callback")), "{s}");
     assert!(s.contains("epollwake: SIGTERM received after"), "{s}");
     assert!(s.contains("Wake-ups per socket") && s.contains("Wake-up to epoll_wait return:"), "{s}");
 }
