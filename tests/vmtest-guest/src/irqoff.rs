@@ -1,0 +1,195 @@
+//! irqoff against windows of known length made by the test module: each
+//! window over the threshold is reported exactly once, with its length to
+//! within one sampling period and the module's holder function in the
+//! stack; a window under the threshold is not reported.
+
+use crate::kmod::{window_cpu, HOLDER};
+use crate::sys::Kmod;
+use crate::{Ctx, Reporter};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const THRESHOLD_MS: u64 = 10;
+/// irqoff samples every 1 ms at this threshold, and a report may be short
+/// by up to one period, never long; allow the same again for emulation.
+const TOLERANCE_US: i64 = 1000;
+const WINDOWS_MS: [u64; 4] = [20, 50, 200, 5];
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Injected {
+    ms: u64,
+    /// The module's measurement of the window.
+    real_us: u64,
+    /// CLOCK_MONOTONIC around the write that ran the window.
+    start_ns: u64,
+    end_ns: u64,
+}
+
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+fn spawn_reader(child: &mut Child) -> mpsc::Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(Line::Out(l)))));
+    thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(Line::Err(l)))));
+    rx
+}
+
+pub fn run(_: &Ctx, rep: &mut Reporter) {
+    if !Kmod::loaded() {
+        return rep.fail("irqoff", "kdiag_test is not loaded");
+    }
+    let cpu = window_cpu();
+    let mut child = match Command::new("/bin/irqoff")
+        .args(["-t", &THRESHOLD_MS.to_string(), "--json", "120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return rep.fail("irqoff", format!("cannot start /bin/irqoff: {e}")),
+    };
+    let rx = spawn_reader(&mut child);
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+
+    // The banner ends with "Ctrl-C to end." once everything is attached.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready = false;
+    while !ready && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Line::Err(l)) => {
+                ready = l.contains("Ctrl-C");
+                err.push(l);
+            }
+            Ok(Line::Out(l)) => out.push(l),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if !ready {
+        let _ = child.kill();
+        let status = child.wait();
+        return rep.fail("irqoff", format!("not ready after 30 s ({status:?}); stderr: {}", err.join(" | ")));
+    }
+    rep.pass("irqoff.banner", err.join(" | "));
+
+    let mut injected = Vec::new();
+    for ms in WINDOWS_MS {
+        // Quiet time between windows keeps their reports apart.
+        thread::sleep(Duration::from_millis(300));
+        let start_ns = monotonic_ns();
+        let r = Kmod::set("irqoff_cpu", cpu).and_then(|_| Kmod::set("irqoff_ms", ms));
+        let end_ns = monotonic_ns();
+        match r.and_then(|_| Kmod::get("irqoff_last_us")) {
+            Ok(real_us) => injected.push(Injected { ms, real_us, start_ns, end_ns }),
+            Err(e) => rep.fail(&format!("irqoff.{ms}ms"), format!("injecting: {e}")),
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stop_deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Line::Out(l)) => out.push(l),
+            Ok(Line::Err(l)) => err.push(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > stop_deadline => {
+                let _ = child.kill();
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let status = child.wait();
+
+    let records: Vec<Value> = out.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let windows: Vec<&Value> = records.iter().filter(|r| r["type"] == "window").collect();
+    let summary = records.iter().find(|r| r["type"] == "summary");
+    let exited_ok = matches!(&status, Ok(s) if s.success());
+    rep.result(
+        "irqoff.exit",
+        exited_ok && summary.is_some(),
+        format!(
+            "{status:?}, {} lines, {} windows, summary: {}{}",
+            out.len(),
+            windows.len(),
+            summary.map(|s| s.to_string()).unwrap_or_else(|| "missing".into()),
+            if exited_ok { String::new() } else { format!("; stderr: {}", err.join(" | ")) }
+        ),
+    );
+
+    let has_holder = |w: &Value| {
+        w["stack"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|f| f["sym"].as_str().is_some_and(|n| n.starts_with(HOLDER))))
+    };
+    let describe = |w: &Value| {
+        let syms: Vec<&str> = w["stack"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|f| f["sym"].as_str()).take(6).collect())
+            .unwrap_or_default();
+        format!("cpu {} lat {} us stack [{}]", w["cpu"], w["lat_us"], syms.join(" < "))
+    };
+    // A window's report comes when interrupts come back on: at the end of
+    // the write that ran it, give or take the slack of emulation.
+    let slack_ns = 50_000_000;
+    let mut attributed = vec![false; windows.len()];
+    for inj in &injected {
+        let name = format!("irqoff.{}ms", inj.ms);
+        let mine: Vec<usize> = windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                w["mono_ns"].as_u64().is_some_and(|t| t + slack_ns >= inj.start_ns && t <= inj.end_ns + slack_ns)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &mine {
+            attributed[i] = true;
+        }
+        let reports: Vec<String> = mine.iter().map(|&i| describe(windows[i])).collect();
+        let what = format!("injected {} us on cpu {cpu}; reports: [{}]", inj.real_us, reports.join("; "));
+        if inj.ms < THRESHOLD_MS {
+            rep.result(&name, mine.is_empty(), what);
+            continue;
+        }
+        let ok = match mine.as_slice() {
+            [i] => {
+                let w = windows[*i];
+                let lat = w["lat_us"].as_i64().unwrap_or(-1);
+                (lat - inj.real_us as i64).abs() <= TOLERANCE_US
+                    && has_holder(w)
+                    && w["cpu"].as_u64() == Some(cpu as u64)
+            }
+            _ => false,
+        };
+        rep.result(&name, ok, what);
+    }
+    // Windows nobody injected: under emulation the host can stall a vCPU,
+    // which a guest cannot tell from interrupts being off.
+    let stray: Vec<String> = windows.iter().zip(&attributed).filter(|(_, a)| !**a).map(|(w, _)| describe(w)).collect();
+    rep.result(
+        "irqoff.no-stray-reports",
+        stray.iter().all(|s| !s.contains(HOLDER)),
+        format!("{} reports outside the injected windows: [{}]", stray.len(), stray.join("; ")),
+    );
+}
