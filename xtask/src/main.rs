@@ -5,6 +5,7 @@ mod bench;
 mod package;
 mod setup;
 mod tasks;
+mod vmtest;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Tests inside Debian 6.1 and 6.12 guests under qemu (kprobes, fentry,
+    /// a fault-injecting test module): `--kernel 6.1|6.12|all`, `--filter NAME`.
+    Vmtest(vmtest::Args),
 }
 
 fn main() -> Result<()> {
@@ -70,6 +74,10 @@ fn main() -> Result<()> {
                 package::check::run_checks(&built, &mut tasks::Tally::default())?;
             }
             Ok(())
+        }
+        Task::Vmtest(args) => {
+            setup::ensure()?;
+            vmtest::run(&args)
         }
     }
 }

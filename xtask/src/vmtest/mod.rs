@@ -1,0 +1,245 @@
+//! `cargo xtask vmtest`: the tests that need a kernel this host does not
+//! have. The host kernel has no kprobes, refuses fentry and loads no
+//! modules, so every backend rung above tracepoints and every injected
+//! fault is tested in real Debian kernels booted under qemu (TCG), with the
+//! static tools, a test driver as /init and a test module inside.
+//!
+//! A guest test that cannot run (qemu missing, a download or module build
+//! failing, a guest that hangs or dies) is a failure, never a skip.
+
+mod initramfs;
+mod kernels;
+mod qemu;
+
+use crate::setup::{apt_install, MUSL_TARGET};
+use crate::tasks::{self, workspace_root, Tally, TOOLS};
+use anyhow::{bail, Context, Result};
+use kernels::{Kernel, KERNELS};
+use qemu::TestResult;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Which guest kernels: 6.1, 6.12 or all.
+    #[arg(long, default_value = "all", value_name = "6.1|6.12|all")]
+    pub kernel: String,
+    /// Run only the guest tests whose name contains NAME (e.g. ladder,
+    /// irqoff, kmod-memory).
+    #[arg(long, value_name = "NAME")]
+    pub filter: Option<String>,
+    /// Seconds a guest may run before it is killed and counted as failed.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args { kernel: "all".into(), filter: None, timeout: 300 }
+    }
+}
+
+/// qemu, and what building a module against Debian's headers needs: their
+/// Makefile calls gcc-12, and 6.12's adds BTF to modules with pahole.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "dwarves", "xz-utils", "make", "gcc-12", "tar"];
+
+pub struct Timer(Instant);
+
+impl Timer {
+    pub fn start() -> Self {
+        Timer(Instant::now())
+    }
+    pub fn secs(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// Run a command, keeping its output unless it fails.
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !o.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+const GUEST_CRATE: &str = "kdiag-vmtest-guest";
+const GUEST_BIN: &str = "kdiag-vmtest-init";
+
+/// Build the guest driver, then each tool on its own: a tool that does not
+/// build fails its own line, and the guests still test the others.
+fn build_guest_binaries() -> Result<Vec<TestResult>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::setup::run(Command::new(&cargo).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--target",
+        MUSL_TARGET,
+        "-p",
+        GUEST_CRATE,
+    ]))?;
+    let mut failures = Vec::new();
+    for tool in TOOLS {
+        if let Err(e) = tasks::build(&[tool.to_string()]) {
+            failures.push(fail(&format!("build.{tool}"), format!("{e:#}")));
+        }
+    }
+    Ok(failures)
+}
+
+fn initramfs(kernel: &Kernel, built: &[&str], out: &Path) -> Result<()> {
+    let mut c = initramfs::Cpio::default();
+    for d in ["dev", "proc", "sys", "tmp", "bin", "lib", "lib/modules"] {
+        c.dir(d);
+    }
+    c.char_dev("dev/console", 5, 1);
+    c.file_from("init", 0o755, &tasks::binary(GUEST_BIN))?;
+    for tool in TOOLS {
+        // A tool that did not build is left out (its build failure is
+        // already counted); its guest tests then fail on the missing binary.
+        if tasks::binary(tool).exists() && built.contains(tool) {
+            c.file_from(&format!("bin/{tool}"), 0o755, &tasks::binary(tool))?;
+        }
+    }
+    c.file_from("lib/modules/kdiag_test.ko", 0o644, &kernel.kmod)?;
+    c.file_from("lib/modules/loop.ko", 0o644, &kernel.loop_ko)?;
+    std::fs::write(out, c.finish()).with_context(|| format!("writing {}", out.display()))
+}
+
+struct KernelRun {
+    label: &'static str,
+    release: String,
+    results: Vec<TestResult>,
+    times: String,
+}
+
+fn fail(name: &str, detail: impl Into<String>) -> TestResult {
+    TestResult { name: name.into(), pass: false, detail: detail.into() }
+}
+
+fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, built: &[&str]) -> KernelRun {
+    let mut run = KernelRun { label: spec.label, release: String::new(), results: vec![], times: String::new() };
+    let kernel = match kernels::prepare(spec, root, &workspace_root().join("tests/kmod")) {
+        Ok(k) => k,
+        Err(e) => {
+            run.results.push(fail("vm.prepare", format!("{e:#}")));
+            return run;
+        }
+    };
+    run.release = kernel.release.clone();
+    let initrd: PathBuf = root.join(&kernel.release).join("initramfs.cpio");
+    if let Err(e) = initramfs(&kernel, built, &initrd) {
+        run.results.push(fail("vm.initramfs", format!("{e:#}")));
+        return run;
+    }
+    let mut append = format!(
+        "console=ttyS0 rdinit=/init panic=-1 oops=panic quiet kdiag_expect={} kdiag_absent={}",
+        kernel.expect.join(","),
+        kernel.absent.join(",")
+    );
+    if let Some(f) = &args.filter {
+        append.push_str(&format!(" kdiag_filter={f}"));
+    }
+    eprintln!("vmtest: booting {} ({})", spec.label, kernel.release);
+    let outcome = match qemu::boot(spec.label, &kernel.vmlinuz, &initrd, &append, Duration::from_secs(args.timeout)) {
+        Ok(o) => o,
+        Err(e) => {
+            run.results.push(fail("vm.boot", format!("{e:#}")));
+            return run;
+        }
+    };
+    run.times = format!(
+        "fetch+unpack {:.1} s, module build {:.1} s, boot+tests {:.1} s",
+        kernel.fetch_secs, kernel.module_secs, outcome.secs
+    );
+    run.results = outcome.results;
+    if !outcome.done {
+        let why = if outcome.timed_out {
+            format!("killed after {} s without finishing", args.timeout)
+        } else {
+            "guest stopped before finishing its tests".to_string()
+        };
+        run.results.push(fail("vm.boot", format!("{why}; console tail:\n    {}", outcome.tail.join("\n    "))));
+    }
+    run
+}
+
+/// `cargo xtask vmtest`: ends with its own "N passed, N failed" line.
+pub fn run(args: &Args) -> Result<()> {
+    let mut tally = Tally::default();
+    let result = run_counted(args, &mut tally);
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    result
+}
+
+/// The guest tests as part of `cargo xtask test`, counted in its tally.
+pub fn suite(tally: &mut Tally) -> Result<()> {
+    run_counted(&Args::default(), tally)
+}
+
+fn run_counted(args: &Args, tally: &mut Tally) -> Result<()> {
+    let specs: Vec<&'static kernels::KernelSpec> = match args.kernel.as_str() {
+        "all" => KERNELS.iter().collect(),
+        k => match KERNELS.iter().find(|s| s.label == k) {
+            Some(s) => vec![s],
+            None => {
+                let labels: Vec<&str> = KERNELS.iter().map(|s| s.label).collect();
+                bail!("unknown kernel '{k}' (kernels: {}, all)", labels.join(", "));
+            }
+        },
+    };
+    let total = Timer::start();
+    let mut runs = Vec::new();
+    let mut host_results = Vec::new();
+    match apt_install(VM_PACKAGES).and_then(|_| build_guest_binaries()) {
+        Err(e) => host_results.push(fail("vm.setup", format!("{e:#}"))),
+        Ok(build_failures) => {
+            let built: Vec<&str> = TOOLS
+                .iter()
+                .copied()
+                .filter(|t| !build_failures.iter().any(|f| f.name == format!("build.{t}")))
+                .collect();
+            host_results = build_failures;
+            let root = workspace_root().join("target/vmtest");
+            for s in &specs {
+                runs.push(run_kernel(s, &root, args, &built));
+            }
+        }
+    }
+    if !host_results.is_empty() {
+        runs.insert(
+            0,
+            KernelRun { label: "host", release: String::new(), results: host_results, times: String::new() },
+        );
+    }
+
+    println!();
+    println!("vmtest results:");
+    let failed_before = tally.failed;
+    for run in &runs {
+        let what =
+            if run.label == "host" { "host".to_string() } else { format!("kernel {} {}", run.label, run.release) };
+        let times = if run.times.is_empty() { String::new() } else { format!(" ({})", run.times) };
+        println!("  {what}{times}");
+        for r in &run.results {
+            if r.pass {
+                tally.passed += 1;
+            } else {
+                tally.failed += 1;
+            }
+            println!("    {} {:<28} {}", if r.pass { "PASS" } else { "FAIL" }, r.name, r.detail);
+        }
+    }
+    println!("vmtest: {:.1} s in all", total.secs());
+    let failed = tally.failed - failed_before;
+    if failed > 0 {
+        bail!("{failed} guest test(s) failed");
+    }
+    Ok(())
+}

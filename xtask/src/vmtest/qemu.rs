@@ -1,0 +1,138 @@
+//! One guest boot under qemu's software emulation: stream its console,
+//! collect the result lines, and kill it if it outlives its timeout.
+
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    pub name: String,
+    pub pass: bool,
+    pub detail: String,
+}
+
+/// How a boot ended.
+pub struct Outcome {
+    pub results: Vec<TestResult>,
+    /// The guest printed KDIAG-DONE: every selected test ran.
+    pub done: bool,
+    pub timed_out: bool,
+    /// The last console lines, to show when the guest died or hung.
+    pub tail: Vec<String>,
+    pub secs: f64,
+}
+
+const TAIL_LINES: usize = 40;
+
+/// A console line, as the guest driver prints it; kernel messages can be
+/// glued in front of it, so it is looked for anywhere in the line.
+pub fn parse_line(line: &str) -> Option<TestResult> {
+    let rest = &line[line.find("KDIAG-TEST ")? + "KDIAG-TEST ".len()..];
+    let mut parts = rest.splitn(3, ' ');
+    let name = parts.next()?.to_string();
+    let pass = match parts.next()? {
+        "PASS" => true,
+        "FAIL" => false,
+        _ => return None,
+    };
+    Some(TestResult { name, pass, detail: parts.next().unwrap_or("").trim().to_string() })
+}
+
+pub fn boot(label: &str, vmlinuz: &Path, initrd: &Path, append: &str, timeout: Duration) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        // KVM is present here but its guests hang: emulate.
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512"])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        // The serial console is not guaranteed to be UTF-8 (early boot noise).
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+            if tx.send(line).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let deadline = start + timeout;
+    let mut results = Vec::new();
+    let mut tail = VecDeque::new();
+    let mut done = false;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                println!("[{label}] {line}");
+                if let Some(r) = parse_line(&line) {
+                    results.push(r);
+                }
+                done |= line.contains("KDIAG-DONE");
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                    let _ = child.kill();
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for qemu")?;
+    let qemu_err = stderr_thread.join().unwrap_or_default();
+    if !status.success() && !timed_out {
+        tail.push_back(format!("qemu exited with {status}: {}", qemu_err.trim()));
+    }
+    Ok(Outcome { results, done, timed_out, tail: tail.into(), secs: start.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines() {
+        assert_eq!(
+            parse_line("KDIAG-TEST ladder.kprobe PASS loads and attaches"),
+            Some(TestResult { name: "ladder.kprobe".into(), pass: true, detail: "loads and attaches".into() })
+        );
+        let r = parse_line("[   12.3] random: crng initKDIAG-TEST irqoff.20ms FAIL").unwrap();
+        assert_eq!((r.name.as_str(), r.pass, r.detail.as_str()), ("irqoff.20ms", false, ""));
+        assert_eq!(parse_line("KDIAG-TEST x MAYBE"), None);
+        assert_eq!(parse_line("plain kernel line"), None);
+    }
+}
