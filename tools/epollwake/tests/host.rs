@@ -3,6 +3,7 @@
 //! two worker threads each with their own epoll instance watching one
 //! listening socket (no EPOLLEXCLUSIVE: a thundering herd on purpose).
 
+use kdiag_shared::backend::{Mechanism, ProbeError};
 use kdiag_testkit::{held_by, run, spawn, Held};
 use serde_json::Value;
 use std::io::Write;
@@ -20,6 +21,12 @@ const START: Duration = Duration::from_secs(30);
 const EPOLLIN: u32 = libc::EPOLLIN as u32;
 const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 const EPOLLET: u32 = libc::EPOLLET as u32;
+
+/// The backend a run must use: the host can only do tracepoints; a guest
+/// test runs this same file with EPOLLWAKE_TEST_BACKEND=kprobe or fentry.
+fn backend() -> String {
+    std::env::var("EPOLLWAKE_TEST_BACKEND").unwrap_or_else(|_| "tracepoint".into())
+}
 
 fn gettid() -> u32 {
     // SAFETY: gettid has no arguments and cannot fail.
@@ -196,7 +203,7 @@ fn tid(v: &Value) -> u32 {
 fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Value> {
     let server = Server::start(bind);
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend()];
     args.extend(server.tid_args());
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -294,7 +301,7 @@ fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Val
 
     let summary = lines.last().unwrap();
     assert_eq!(summary["type"], "summary");
-    assert_eq!(summary["backend"], "tracepoint");
+    assert_eq!(summary["backend"], backend());
     assert!(summary["herds"].as_u64().unwrap() >= 1, "{summary}");
     assert!(summary["wasted"].as_u64().unwrap() >= 1, "{summary}");
     assert_eq!(summary["lost"], 0);
@@ -389,7 +396,7 @@ fn filters() {
 fn detaches_everything(stop: Option<i32>, reason: &str) {
     let server = Server::start("127.0.0.1:0");
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend()];
     args.extend(server.tid_args());
     if stop.is_none() {
         args.push("2".into());
@@ -398,8 +405,10 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     let mut r = spawn(BIN, &argv);
     r.wait_for_stderr(BANNER, START);
     let held: Held = held_by(r.pid());
-    // 6 epoll syscalls, 2 socket tracepoints, 2 softirq, waking, switch,
-    // 4 accept, close, 2 epoll_ctl: 19 programs, each with its link.
+    // 6 epoll syscalls, 2 softirq, waking, switch, 4 accept, close,
+    // 2 epoll_ctl, and 2 for the socket: sk_data_ready and
+    // inet_sock_set_state, or ep_poll_callback entry and exit. 19
+    // programs, each with its link.
     assert_eq!(held.progs.len(), 19, "{held:?}");
     assert_eq!(held.links.len(), 19, "{held:?}");
     if let Some(sig) = stop {
@@ -476,13 +485,35 @@ fn bad_input_is_one_line() {
         (&["-p", "999999999"], "no process with PID 999999999"),
         (&["-p", &me, "-t", "1"], "thread 1 is not a thread of process"),
         (&["-p", &me, "--backend", "perf"], "unknown backend 'perf' (this tool supports: fentry, kprobe, tracepoint)"),
-        (&["-p", &me, "--backend", "fentry"], "backend fentry is not usable on this kernel: EPERM at load"),
         (&["-p", &me, "--uprobe", "nocolon"], "expected BINARY:SYMBOL"),
         (&["-p", &me, "--uprobe", "/nonexistent/bin:f"], "'/nonexistent/bin' is neither a file nor mapped"),
         (&["-p", &me, "--uprobe", "/proc/self/exe:no_such_fn_*"], "no function matching 'no_such_fn_*'"),
         (&["-p", &me, "soon"], "invalid duration 'soon'"),
     ];
-    for (args, want) in cases {
+    // Forcing a rung this kernel refuses (fentry on the host: EPERM at
+    // load) is an error with the probe's reason, not a silent fallback.
+    let refused: Vec<(Mechanism, String)> = [Mechanism::Fentry, Mechanism::Kprobe]
+        .into_iter()
+        .filter_map(|m| match kdiag_shared::probe::kernel_supports(m) {
+            Err(ProbeError::Unavailable(why)) => Some((m, format!("backend {m} is not usable on this kernel: {why}"))),
+            _ => None,
+        })
+        .collect();
+    // Not an empty list by accident: a kernel without a kprobe PMU (the
+    // host) must refuse the kprobe rung.
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        assert!(refused.iter().any(|(m, _)| *m == Mechanism::Kprobe), "{refused:?}");
+    }
+    let refused_args: Vec<[String; 4]> =
+        refused.iter().map(|(m, _)| ["-p".into(), me.clone(), "--backend".into(), m.name().into()]).collect();
+    let refused_cases: Vec<(Vec<&str>, &str)> = refused_args
+        .iter()
+        .zip(&refused)
+        .map(|(a, (_, want))| (a.iter().map(String::as_str).collect(), want.as_str()))
+        .collect();
+    let all = cases.iter().map(|(a, w)| (a.to_vec(), *w)).chain(refused_cases);
+    for (args, want) in all {
+        let args = &args;
         let out = run(BIN, args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
