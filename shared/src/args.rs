@@ -52,15 +52,28 @@ pub fn generate<T: CommandFactory>(tool: &str, what: &str, out: &mut dyn Write) 
     Ok(())
 }
 
-/// The first line of a clap error, without its "error: " prefix.
+/// The first line of a clap error, without its "error: " prefix. When that
+/// line ends in a colon ("the following required arguments were not
+/// provided:"), what it announces is on the next line and belongs to it.
 fn one_line(msg: &str) -> String {
-    let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or(msg);
-    first.trim().trim_start_matches("error: ").to_string()
+    let mut lines = msg.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or(msg).trim_start_matches("error: ");
+    match (first.strip_suffix(':'), lines.next()) {
+        (Some(head), Some(next)) => format!("{head}: {next}"),
+        _ => first.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_colon_announces_stays() {
+        let msg = "error: the following required arguments were not provided:\n  --pid <PID>\n\n\
+                   Usage: epollwake --pid <PID>\n\nFor more information, try '--help'.\n";
+        assert_eq!(one_line(msg), "the following required arguments were not provided: --pid <PID>");
+    }
 
     /// A stand-in tool with the flags of the real ones.
     #[derive(Parser)]
