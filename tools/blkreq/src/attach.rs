@@ -1,0 +1,396 @@
+//! The attach ladder. Functions: kprobe-multi (one link for the whole
+//! set), else fentry (one program per function), else single kprobes
+//! attached in parallel batches; tracepoints always, through tp_btf or
+//! raw_tp. Each rung is first probed by loading and attaching a tiny
+//! program (shared::probe): kernel config and BTF say what was built, not
+//! what the kernel accepts (the host has fentry in BTF and refuses it).
+//! A function that refuses is counted and named, never fatal: one
+//! `notrace` function must not cost the other 150.
+
+use crate::bpf::{BlkreqSkel, BlkreqSkelBuilder, OpenBlkreqSkel};
+use crate::btfscan::Kind;
+use crate::targets::{Resolved, Target, FUNC_SLOTS};
+use anyhow::{anyhow, Context as _, Result};
+use kdiag_shared::backend::{self, Choice, Mechanism, ProbeError};
+use kdiag_shared::transport::Kind as Transport;
+use kdiag_shared::{probe, Errno};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{AsRawLibbpf, KprobeMultiOpts, Link, OpenObject, ProgramMut};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+pub const FUNC_LADDER: [Mechanism; 3] = [Mechanism::KprobeMulti, Mechanism::Fentry, Mechanism::Kprobe];
+pub const TP_LADDER: [Mechanism; 2] = [Mechanism::TpBtf, Mechanism::RawTp];
+pub const ALL: [Mechanism; 5] =
+    [Mechanism::KprobeMulti, Mechanism::Fentry, Mechanism::Kprobe, Mechanism::TpBtf, Mechanism::RawTp];
+
+/// How functions and tracepoints will be attached.
+pub struct Plan {
+    /// None: this kernel takes none of the function rungs (or the user
+    /// asked for tracepoints only).
+    pub funcs: Option<Mechanism>,
+    pub funcs_choice: Result<Choice, String>,
+    pub tps: Choice,
+}
+
+impl Plan {
+    pub fn method_of(&self, t: &Target) -> String {
+        if let Some(why) = &t.skip {
+            return format!("- ({why})");
+        }
+        match t.site.kind {
+            Kind::Function => self.funcs.map(|m| m.name().to_string()).unwrap_or_else(|| "- (no function probes here)".into()),
+            Kind::Tracepoint => self.tps.mechanism.name().to_string(),
+        }
+    }
+
+    /// For the banner: what follows functions, and why not better.
+    pub fn explain(&self) -> String {
+        let funcs = match &self.funcs_choice {
+            Ok(c) => format!("functions: {}", c.explain()),
+            Err(e) => format!(
+                "functions: none, following requests through block tracepoints and their stacks only ({e})"
+            ),
+        };
+        format!("{funcs}; tracepoints: {}", self.tps.explain())
+    }
+}
+
+fn quiet<T>(f: impl FnOnce() -> T) -> T {
+    let saved = libbpf_rs::set_print(None);
+    let r = f();
+    libbpf_rs::set_print(saved);
+    r
+}
+
+pub fn plan(forced: Option<Mechanism>) -> Result<Plan, String> {
+    let probe = |m| quiet(|| probe::kernel_supports(m));
+    let (func_forced, tp_forced) = match forced {
+        Some(m) if FUNC_LADDER.contains(&m) => (Some(m), None),
+        Some(m) => (None, Some(m)),
+        None => (None, None),
+    };
+    let funcs_choice = match (forced, func_forced) {
+        (Some(m), None) => Err(format!("--backend {m} asks for tracepoints only")),
+        (_, f) => match backend::choose(&FUNC_LADDER, f, probe) {
+            Ok(c) => Ok(c),
+            // A forced rung that does not work is the user's error.
+            Err(e) if f.is_some() => return Err(e),
+            Err(e) => Err(e),
+        },
+    };
+    let tps = backend::choose(&TP_LADDER, tp_forced, |m| {
+        probe(m).map_err(|e| match e {
+            ProbeError::Unavailable(w) => ProbeError::Unavailable(w),
+            ProbeError::Fatal(w) => ProbeError::Fatal(w),
+        })
+    })?;
+    Ok(Plan { funcs: funcs_choice.as_ref().ok().map(|c| c.mechanism), funcs_choice, tps })
+}
+
+/// What the BPF side is told before load.
+pub struct Config {
+    pub count: u32,
+    pub post_end: Duration,
+    pub dev: u32,
+    pub tgid: u32,
+    pub comm: Option<[u8; 16]>,
+    pub op: Option<u32>,
+    pub transport: Transport,
+}
+
+fn configure(open: &mut OpenBlkreqSkel<'static>, cfg: &Config, res: &Resolved) -> Result<()> {
+    let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
+    ro.kd_use_ringbuf = cfg.transport == Transport::RingBuf;
+    ro.max_requests = cfg.count as u64;
+    ro.post_end_ns = cfg.post_end.as_nanos() as u64;
+    ro.filter_dev = cfg.dev;
+    ro.filter_tgid = cfg.tgid;
+    if let Some(c) = cfg.comm {
+        ro.filter_comm_on = true;
+        for (d, s) in ro.filter_comm.iter_mut().zip(c) {
+            *d = s as i8;
+        }
+    }
+    ro.filter_op = cfg.op.map(|o| o as i32).unwrap_or(-1);
+    for t in res.all().filter(|t| t.skip.is_none()) {
+        let i = t.id as usize;
+        ro.tgt_posmask[i] = t.site.posmask();
+        ro.tgt_flags[i] = t.role;
+        ro.tgt_rank[i] = t.rank;
+    }
+    // Never deleted during a run: at most one entry per admitted pointer.
+    open.maps.tracked.set_max_entries(cfg.count).context("sizing the request table")?;
+    cfg.transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).map_err(|e| anyhow!(e))?;
+    for mut p in open.open_object_mut().progs_mut() {
+        p.set_autoload(false);
+    }
+    Ok(())
+}
+
+fn open_skel() -> Result<OpenBlkreqSkel<'static>> {
+    // Each object borrows its storage for as long as it lives; a run opens
+    // a handful, so leaking the storage (not the object) is fine.
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    BlkreqSkelBuilder::default().open(storage).context("opening the BPF object")
+}
+
+fn set_prog(open: &mut OpenBlkreqSkel<'static>, name: &str, target: Option<&str>) -> Result<()> {
+    for mut p in open.open_object_mut().progs_mut() {
+        if p.name() == name {
+            p.set_autoload(true);
+            if let Some(t) = target {
+                p.set_attach_target(0, Some(t.to_string())).with_context(|| format!("target {t} for {name}"))?;
+            }
+            return Ok(());
+        }
+    }
+    Err(anyhow!("BPF object has no program {name}"))
+}
+
+/// Everything attached; dropping it detaches (kprobes in parallel, as
+/// each kprobe removal waits for an RCU grace period).
+pub struct Attached {
+    pub core: BlkreqSkel<'static>,
+    fentry: Vec<BlkreqSkel<'static>>,
+    links: Vec<Link>,
+    pub funcs_attached: usize,
+    pub tps_attached: usize,
+    /// (function or tracepoint, why) for each that would not attach.
+    pub refused: Vec<(String, String)>,
+    pub attach_time: Duration,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        if links.len() > 64 {
+            drop_in_parallel(links);
+        }
+        self.fentry.clear();
+    }
+}
+
+fn drop_in_parallel(links: Vec<Link>) {
+    let per = links.len().div_ceil(8);
+    let mut links = links;
+    std::thread::scope(|s| {
+        while !links.is_empty() {
+            let batch: Vec<Link> = links.drain(..per.min(links.len())).collect();
+            s.spawn(move || drop(batch));
+        }
+    });
+}
+
+fn find_prog<'a>(skel: &'a mut BlkreqSkel<'static>, name: &str) -> Option<ProgramMut<'a>> {
+    skel.object_mut().progs_mut().find(|p| p.name() == name)
+}
+
+fn errno_text(e: &libbpf_rs::Error) -> String {
+    Errno::of_libbpf(e).map(|e| e.to_string()).unwrap_or_else(|| e.to_string())
+}
+
+pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Attached> {
+    let started = Instant::now();
+    let mut open = open_skel()?;
+    configure(&mut open, cfg, res)?;
+    let tp_btf = plan.tps.mechanism == Mechanism::TpBtf;
+    let tps: Vec<&Target> = res.tps.iter().filter(|t| t.skip.is_none()).collect();
+    for t in &tps {
+        let slot = t.id as usize - FUNC_SLOTS;
+        if tp_btf {
+            set_prog(&mut open, &format!("brq_tb_{slot}"), Some(&t.site.name))?;
+        } else {
+            set_prog(&mut open, &format!("brq_rt_{slot}"), None)?;
+        }
+    }
+    match plan.funcs {
+        Some(Mechanism::KprobeMulti) => set_prog(&mut open, "brq_kmulti", None)?,
+        Some(Mechanism::Kprobe) => set_prog(&mut open, "brq_kprobe", None)?,
+        _ => {}
+    }
+    let core = open.load().context("loading the BPF programs")?;
+    let mut a = Attached {
+        core,
+        fentry: vec![],
+        links: vec![],
+        funcs_attached: 0,
+        tps_attached: 0,
+        refused: vec![],
+        attach_time: Duration::ZERO,
+    };
+
+    for t in &tps {
+        let slot = t.id as usize - FUNC_SLOTS;
+        let name = if tp_btf { format!("brq_tb_{slot}") } else { format!("brq_rt_{slot}") };
+        let prog = find_prog(&mut a.core, &name).context("tracepoint slot")?;
+        let r = if tp_btf { prog.attach_trace() } else { prog.attach_raw_tracepoint(&t.site.name) };
+        match r {
+            Ok(l) => {
+                a.links.push(l);
+                a.tps_attached += 1;
+            }
+            Err(e) => a.refused.push((t.label(), errno_text(&e))),
+        }
+    }
+
+    let funcs: Vec<&Target> = res.funcs.iter().filter(|t| t.skip.is_none()).collect();
+    match plan.funcs {
+        Some(Mechanism::KprobeMulti) => attach_kmulti(&mut a, &funcs),
+        Some(Mechanism::Fentry) => attach_fentry(&mut a, cfg, res, &funcs)?,
+        Some(Mechanism::Kprobe) => attach_kprobes(&mut a, &funcs),
+        _ => {}
+    }
+    a.attach_time = started.elapsed();
+    Ok(a)
+}
+
+/// One link for all; if the kernel refuses the set (one symbol is not
+/// traceable), halve it until the refusers are found.
+fn attach_kmulti(a: &mut Attached, funcs: &[&Target]) {
+    fn go(a: &mut Attached, funcs: &[&Target]) {
+        if funcs.is_empty() {
+            return;
+        }
+        let prog = find_prog(&mut a.core, "brq_kmulti").expect("kprobe.multi program");
+        let opts = KprobeMultiOpts {
+            symbols: funcs.iter().map(|t| t.site.name.clone()).collect(),
+            cookies: funcs.iter().map(|t| t.id as u64).collect(),
+            retprobe: false,
+            ..Default::default()
+        };
+        match quiet(|| prog.attach_kprobe_multi_with_opts(opts)) {
+            Ok(l) => {
+                a.links.push(l);
+                a.funcs_attached += funcs.len();
+            }
+            Err(e) if funcs.len() == 1 => a.refused.push((funcs[0].label(), errno_text(&e))),
+            Err(_) => {
+                let (l, r) = funcs.split_at(funcs.len() / 2);
+                go(a, l);
+                go(a, r);
+            }
+        }
+    }
+    go(a, funcs)
+}
+
+/// Single kprobes: each registration is its own syscall and text patch,
+/// so spread them over a few threads.
+fn attach_kprobes(a: &mut Attached, funcs: &[&Target]) {
+    let prog = find_prog(&mut a.core, "brq_kprobe").expect("kprobe program");
+    let ptr = prog.as_libbpf_object().as_ptr() as usize;
+    let jobs: Vec<(String, String, u64)> = funcs.iter().map(|t| (t.label(), t.site.name.clone(), t.id as u64)).collect();
+    let per = jobs.len().div_ceil(8).max(1);
+    let results: Vec<(String, Result<Link, String>)> = quiet(|| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .chunks(per)
+                .map(|batch| {
+                    s.spawn(move || {
+                        batch
+                            .iter()
+                            .map(|(label, name, cookie)| (label.clone(), attach_one_kprobe(ptr, name, *cookie)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        })
+    });
+    for (label, r) in results {
+        match r {
+            Ok(l) => {
+                a.links.push(l);
+                a.funcs_attached += 1;
+            }
+            Err(e) => a.refused.push((label, e)),
+        }
+    }
+}
+
+fn attach_one_kprobe(prog: usize, func: &str, cookie: u64) -> Result<Link, String> {
+    let name = std::ffi::CString::new(func).map_err(|_| "bad name".to_string())?;
+    let opts = libbpf_rs::libbpf_sys::bpf_kprobe_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_kprobe_opts>() as _,
+        bpf_cookie: cookie,
+        retprobe: false,
+        ..Default::default()
+    };
+    // SAFETY: prog points to a loaded program that outlives this call (the
+    // caller's scope joins all threads); libbpf only reads it here.
+    let link = unsafe {
+        libbpf_rs::libbpf_sys::bpf_program__attach_kprobe_opts(
+            prog as *const libbpf_rs::libbpf_sys::bpf_program,
+            name.as_ptr(),
+            &opts,
+        )
+    };
+    let err = unsafe { libbpf_rs::libbpf_sys::libbpf_get_error(link as *const _) };
+    match std::ptr::NonNull::new(link) {
+        Some(p) if err == 0 => Ok(unsafe { Link::from_ptr(p) }),
+        _ => Err(Errno((-err) as i32).to_string()),
+    }
+}
+
+/// fentry programs are bound to their function at load, and one refusal
+/// fails a whole object's load: load them in objects of their own that
+/// share the core's maps, halving a group that fails.
+fn attach_fentry(a: &mut Attached, cfg: &Config, res: &Resolved, funcs: &[&Target]) -> Result<()> {
+    let mut groups: Vec<Vec<&Target>> = vec![funcs.to_vec()];
+    while let Some(g) = groups.pop() {
+        if g.is_empty() {
+            continue;
+        }
+        match quiet(|| load_fentry_group(&a.core, cfg, res, &g)) {
+            Ok(mut skel) => {
+                for t in &g {
+                    let name = format!("brq_fe_{}", t.id);
+                    let prog = find_prog(&mut skel, &name).context("fentry slot")?;
+                    match prog.attach_trace() {
+                        Ok(l) => {
+                            a.links.push(l);
+                            a.funcs_attached += 1;
+                        }
+                        Err(e) => a.refused.push((t.label(), errno_text(&e))),
+                    }
+                }
+                a.fentry.push(skel);
+            }
+            Err(e) if g.len() == 1 => a.refused.push((g[0].label(), format!("{} at load", errno_text(&e)))),
+            Err(_) => {
+                let (l, r) = g.split_at(g.len() / 2);
+                groups.push(l.to_vec());
+                groups.push(r.to_vec());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_fentry_group(
+    core: &BlkreqSkel<'static>,
+    cfg: &Config,
+    res: &Resolved,
+    group: &[&Target],
+) -> Result<BlkreqSkel<'static>, libbpf_rs::Error> {
+    let mut open = open_skel().map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
+    configure(&mut open, cfg, res).map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
+    let m = &mut open.maps;
+    m.tracked.reuse_fd(core.maps.tracked.as_fd())?;
+    m.stats.reuse_fd(core.maps.stats.as_fd())?;
+    m.scratch.reuse_fd(core.maps.scratch.as_fd())?;
+    m.depth.reuse_fd(core.maps.depth.as_fd())?;
+    m.bss.reuse_fd(core.maps.bss.as_fd())?;
+    if cfg.transport == Transport::RingBuf {
+        m.events_ring.reuse_fd(core.maps.events_ring.as_fd())?;
+    } else {
+        m.events_perf.reuse_fd(core.maps.events_perf.as_fd())?;
+    }
+    for t in group {
+        set_prog(&mut open, &format!("brq_fe_{}", t.id), Some(&t.site.name))
+            .map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
+    }
+    open.load()
+}

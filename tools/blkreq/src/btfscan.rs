@@ -1,0 +1,166 @@
+//! Discovery from kernel BTF: every function with a `struct request *`
+//! parameter, at each position it has one, and every tracepoint whose
+//! `btf_trace_<name>` typedef carries one. BTF is the kernel's own
+//! description of itself, so the set follows the running kernel instead of
+//! a list that ages with each release.
+
+use libbpf_rs::btf::types::{Func, FuncProto, Typedef};
+use libbpf_rs::btf::{BtfKind, BtfType};
+use libbpf_rs::Btf;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Function,
+    Tracepoint,
+}
+
+/// Something that is handed a request, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub kind: Kind,
+    /// 0-based parameter positions holding a `struct request *` (for a
+    /// tracepoint, after its leading `void *`).
+    pub positions: Vec<u8>,
+}
+
+impl Site {
+    /// Bit i set: parameter i is a request.
+    pub fn posmask(&self) -> u8 {
+        self.positions.iter().filter(|&&p| p < 8).fold(0, |m, &p| m | (1 << p))
+    }
+}
+
+/// Is `ty` a pointer to `struct request` (through typedefs and qualifiers)?
+fn is_request_ptr(ty: BtfType<'_>) -> bool {
+    let ty = ty.skip_mods_and_typedefs();
+    if ty.kind() != BtfKind::Ptr {
+        return false;
+    }
+    let Some(target) = ty.next_type() else { return false };
+    let target = target.skip_mods_and_typedefs();
+    target.kind() == BtfKind::Struct && target.name().is_some_and(|n| n == "request")
+}
+
+fn request_positions(btf: &Btf<'_>, proto: FuncProto<'_>, skip: usize) -> Vec<u8> {
+    proto
+        .iter()
+        .enumerate()
+        .skip(skip)
+        .filter(|(_, p)| btf.type_by_id::<BtfType<'_>>(p.ty).is_some_and(is_request_ptr))
+        .map(|(i, _)| (i - skip) as u8)
+        .collect()
+}
+
+/// Every site in `btf`, functions first, each list sorted by name.
+pub fn scan(btf: &Btf<'_>) -> Vec<Site> {
+    let mut funcs = Vec::new();
+    for f in btf.type_by_kind::<Func<'_>>() {
+        let Some(name) = f.name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        let Some(proto) = f.next_type().and_then(|t| FuncProto::try_from(t).ok()) else { continue };
+        let positions = request_positions(btf, proto, 0);
+        if !positions.is_empty() {
+            funcs.push(Site { name, kind: Kind::Function, positions });
+        }
+    }
+    let mut tps = Vec::new();
+    for t in btf.type_by_kind::<Typedef<'_>>() {
+        let Some(name) = t.name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("btf_trace_")) else {
+            continue;
+        };
+        let name = name.to_string();
+        let Some(ptr) = t.next_type().filter(|p| p.kind() == BtfKind::Ptr) else { continue };
+        let Some(proto) = ptr.next_type().and_then(|t| FuncProto::try_from(t).ok()) else { continue };
+        let positions = request_positions(btf, proto, 1);
+        if !positions.is_empty() {
+            tps.push(Site { name, kind: Kind::Tracepoint, positions });
+        }
+    }
+    // BTF can describe one static function name twice (two translation
+    // units); it is one attach target by name.
+    funcs.sort_by(|a, b| a.name.cmp(&b.name));
+    funcs.dedup_by(|a, b| a.name == b.name);
+    tps.sort_by(|a, b| a.name.cmp(&b.name));
+    funcs.extend(tps);
+    funcs
+}
+
+/// Scan the running kernel.
+pub fn scan_kernel() -> Result<Vec<Site>, String> {
+    let btf = Btf::from_path(VMLINUX).map_err(|e| format!("cannot read kernel BTF {VMLINUX}: {e}"))?;
+    Ok(scan(&btf))
+}
+
+/// Names of `enum req_op` (READ, WRITE, FLUSH...) and their values, from
+/// BTF, so `--op` accepts exactly what this kernel has.
+pub fn request_ops() -> Vec<(String, u32)> {
+    let Ok(btf) = Btf::from_path(VMLINUX) else { return vec![] };
+    let Some(e) = btf.type_by_name::<libbpf_rs::btf::types::Enum<'_>>("req_op") else { return vec![] };
+    e.iter()
+        .filter_map(|m| {
+            let name = m.name?.to_str()?.strip_prefix("REQ_OP_")?.to_ascii_lowercase();
+            (name != "last").then_some((name, m.value as u32))
+        })
+        .collect()
+}
+
+/// Function names the kernel can resolve to an address (present in
+/// kallsyms as text); BTF also describes functions that were inlined
+/// everywhere or renamed (.isra, .constprop), which cannot be probed.
+pub fn kallsyms_text() -> std::collections::HashSet<String> {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, kind, name) = (f.next()?, f.next()?, f.next()?);
+            matches!(kind, "t" | "T").then(|| name.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(sites: &'a [Site], name: &str, kind: Kind) -> &'a Site {
+        sites.iter().find(|s| s.name == name && s.kind == kind).unwrap_or_else(|| panic!("{name} not found"))
+    }
+
+    /// The running kernel's BTF: the well-known sites are found at the
+    /// positions the kernel source gives them.
+    #[test]
+    fn finds_the_block_layer_in_kernel_btf() {
+        let sites = scan_kernel().unwrap();
+        let funcs = sites.iter().filter(|s| s.kind == Kind::Function).count();
+        assert!(funcs > 50, "only {funcs} functions");
+        assert_eq!(find(&sites, "blk_mq_start_request", Kind::Function).positions, vec![0]);
+        assert_eq!(find(&sites, "blk_mq_free_request", Kind::Function).positions, vec![0]);
+        // blk_rq_append_bio(struct request *rq, struct bio *bio).
+        assert_eq!(find(&sites, "blk_rq_append_bio", Kind::Function).positions, vec![0]);
+        // Tracepoints: the leading void * is not counted.
+        assert_eq!(find(&sites, "block_rq_issue", Kind::Tracepoint).positions, vec![0]);
+        assert_eq!(find(&sites, "block_rq_complete", Kind::Tracepoint).positions, vec![0]);
+        // block_bio_queue takes a bio, not a request.
+        assert!(!sites.iter().any(|s| s.name == "block_bio_queue"));
+        // Some functions take two (a request and the one merged into it).
+        assert!(sites.iter().any(|s| s.positions.len() == 2), "no function takes two requests");
+        // Not first position: blk_mq_sched_try_insert_merge? Accept any.
+        assert!(sites.iter().any(|s| s.positions.iter().any(|&p| p > 0)), "request never past position 0");
+    }
+
+    #[test]
+    fn request_ops_come_from_btf() {
+        let ops = request_ops();
+        assert!(ops.contains(&("read".to_string(), 0)), "{ops:?}");
+        assert!(ops.contains(&("write".to_string(), 1)), "{ops:?}");
+        assert!(ops.iter().any(|(n, _)| n == "flush"), "{ops:?}");
+    }
+
+    #[test]
+    fn posmask() {
+        let s = Site { name: "x".into(), kind: Kind::Function, positions: vec![0, 2] };
+        assert_eq!(s.posmask(), 0b101);
+    }
+}
