@@ -15,6 +15,7 @@
 //!   kdiag_expect=m1,m2      attach mechanisms this kernel must accept
 //!   kdiag_absent=m1,m2      attach mechanisms this kernel must refuse
 
+mod backends;
 mod irqoff;
 mod kmod;
 mod ladder;
@@ -87,6 +88,7 @@ struct Test {
 
 const TESTS: &[Test] = &[
     Test { name: "ladder", run: ladder::run },
+    Test { name: "backend", run: backends::run },
     Test { name: "kmod-irqoff", run: kmod::irqoff_window },
     Test { name: "kmod-memory", run: kmod::memory },
     Test { name: "loop", run: kmod::loop_device },
