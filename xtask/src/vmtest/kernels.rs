@@ -10,6 +10,7 @@
 //! | KPROBES, KPROBE_EVENTS                 | y   | y    | kprobe       |
 //! | FPROBE                                 | n   | y    | kprobe.multi |
 //! | FUNCTION_TRACER, DYNAMIC_FTRACE_WITH_DIRECT_CALLS | y | y | fentry (BPF trampolines) |
+//! | FUNCTION_TRACER, DYNAMIC_FTRACE        | y   | y    | ftrace (no BPF) |
 //! | DEBUG_INFO_BTF, DEBUG_INFO_BTF_MODULES | y   | y    | CO-RE, tp_btf, fentry |
 //! | MODULE_SIG_FORCE                       | n   | n    | unsigned test module loads (taints) |
 //! | IRQSOFF_TRACER                         | n   | n    | (no in-kernel irqsoff tracer to compare with) |
@@ -49,14 +50,14 @@ pub const KERNELS: &[KernelSpec] = &[
         label: "6.1",
         image_meta: "linux-image-amd64",
         headers_meta: "linux-headers-amd64",
-        works: &["fentry", "kprobe"],
+        works: &["fentry", "kprobe", "ftrace"],
         refused: &["kprobe-multi"],
     },
     KernelSpec {
         label: "6.12",
         image_meta: "linux-image-6.12-amd64",
         headers_meta: "linux-headers-6.12-amd64",
-        works: &["kprobe-multi", "fentry", "kprobe"],
+        works: &["kprobe-multi", "fentry", "kprobe", "ftrace"],
         refused: &[],
     },
 ];
@@ -176,6 +177,8 @@ pub fn mechanisms_from_config(cfg: &BTreeMap<String, String>) -> (Vec<&'static s
             "fentry",
             y("BPF_JIT") && y("DEBUG_INFO_BTF") && y("FUNCTION_TRACER") && y("DYNAMIC_FTRACE_WITH_DIRECT_CALLS"),
         ),
+        // The function tracer with set_ftrace_filter, no BPF.
+        ("ftrace", y("FUNCTION_TRACER") && y("DYNAMIC_FTRACE")),
     ];
     let works = rules.iter().filter(|(_, ok)| *ok).map(|(m, _)| *m).collect();
     let refused = rules.iter().filter(|(_, ok)| !*ok).map(|(m, _)| *m).collect();
@@ -320,10 +323,10 @@ mod tests {
         let cfg = parse_config(
             "CONFIG_BPF_SYSCALL=y\nCONFIG_BPF_EVENTS=y\nCONFIG_KPROBES=y\nCONFIG_KPROBE_EVENTS=y\n\
              # CONFIG_FPROBE is not set\nCONFIG_BPF_JIT=y\nCONFIG_DEBUG_INFO_BTF=y\n\
-             CONFIG_FUNCTION_TRACER=y\nCONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y\n",
+             CONFIG_FUNCTION_TRACER=y\nCONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y\nCONFIG_DYNAMIC_FTRACE=y\n",
         );
         let (works, refused) = mechanisms_from_config(&cfg);
-        assert_eq!(works, ["kprobe", "fentry"]);
+        assert_eq!(works, ["kprobe", "fentry", "ftrace"]);
         assert_eq!(refused, ["kprobe-multi"]);
         assert!(check(&KERNELS[0], &cfg).is_ok());
         let err = check(&KERNELS[1], &cfg).unwrap_err().to_string();
