@@ -15,18 +15,22 @@ pub enum Mechanism {
     TpBtf,
     RawTp,
     Tracepoint,
+    /// The ftrace function tracer (or event tracer) in a private tracefs
+    /// instance: no BPF at all, so it also serves kernels without it.
+    Ftrace,
     PerfHw,
     PerfSw,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 8] = [
+    pub const ALL: [Mechanism; 9] = [
         Mechanism::KprobeMulti,
         Mechanism::Fentry,
         Mechanism::Kprobe,
         Mechanism::TpBtf,
         Mechanism::RawTp,
         Mechanism::Tracepoint,
+        Mechanism::Ftrace,
         Mechanism::PerfHw,
         Mechanism::PerfSw,
     ];
@@ -40,6 +44,7 @@ impl Mechanism {
             Mechanism::TpBtf => "tp_btf",
             Mechanism::RawTp => "raw_tp",
             Mechanism::Tracepoint => "tracepoint",
+            Mechanism::Ftrace => "ftrace",
             Mechanism::PerfHw => "hw",
             Mechanism::PerfSw => "sw",
         }
@@ -54,6 +59,7 @@ impl Mechanism {
             Mechanism::TpBtf => "BTF-typed raw tracepoints",
             Mechanism::RawTp => "raw tracepoints",
             Mechanism::Tracepoint => "classic tracepoints",
+            Mechanism::Ftrace => "ftrace in a tracefs instance, no BPF",
             Mechanism::PerfHw => "hardware cycles NMI",
             Mechanism::PerfSw => "software cpu-clock",
         }

@@ -9,8 +9,11 @@
 //!   and attaching BPF programs with `PERF_EVENT_IOC_SET_BPF`.
 //! - [`transport`]: ring buffer, or perf buffer on kernels without one,
 //!   with lost-event counting.
+//! - [`ftrace`]: a private tracefs instance for the ftrace rung, removed
+//!   on exit.
 //! - [`symbolize`]: kernel and user addresses to names (blazesym).
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
+//! - [`flame`]: flame graph SVGs from folded stacks (inferno).
 //! - [`histogram`]: log2 histograms as bcc prints them.
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
 //! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
@@ -18,6 +21,8 @@
 pub mod args;
 pub mod backend;
 pub mod cpus;
+pub mod flame;
+pub mod ftrace;
 pub mod histogram;
 pub mod output;
 pub mod perf;

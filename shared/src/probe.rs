@@ -34,11 +34,18 @@ fn wanted<'a, 'obj>(progs: &'a mut OpenProbeProgs<'obj>, m: Mechanism) -> &'a mu
         Mechanism::RawTp => &mut progs.kd_probe_raw_tp,
         Mechanism::Tracepoint => &mut progs.kd_probe_tp,
         Mechanism::PerfHw | Mechanism::PerfSw => &mut progs.kd_probe_perf,
+        Mechanism::Ftrace => unreachable!("ftrace is probed through tracefs"),
     }
 }
 
 /// Load and attach the probe program for `m`, then release everything.
+/// ftrace needs no program: its probe sets a function filter in a
+/// throwaway trace instance.
 pub fn kernel_supports(m: Mechanism) -> Result<(), ProbeError> {
+    if m == Mechanism::Ftrace {
+        let tracefs = crate::precheck::tracefs().map_err(ProbeError::Unavailable)?;
+        return crate::ftrace::function_tracer_usable(&tracefs).map_err(ProbeError::Unavailable);
+    }
     // libbpf explains a refused load at length on stderr; here a refusal is
     // an expected answer, so keep it quiet and let the banner say it once.
     let saved = libbpf_rs::set_print(None);
@@ -66,6 +73,7 @@ fn try_mechanism(m: Mechanism) -> Result<(), ProbeError> {
         Mechanism::RawTp => &skel.progs.kd_probe_raw_tp,
         Mechanism::Tracepoint => &skel.progs.kd_probe_tp,
         Mechanism::PerfHw | Mechanism::PerfSw => &skel.progs.kd_probe_perf,
+        Mechanism::Ftrace => unreachable!("ftrace is probed through tracefs"),
     };
     match m {
         Mechanism::PerfHw | Mechanism::PerfSw => {
@@ -111,6 +119,24 @@ mod tests {
                 assert!(why.ends_with(" at attach"), "{why}");
             }
             Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    /// The host lists the function tracer and refuses every filter write
+    /// with EPERM: the probe must say so rather than claim it works. On a
+    /// kernel whose instance takes the filter, the probe must agree.
+    #[test]
+    fn ftrace_answer_matches_a_filter_write() {
+        let tracefs = crate::precheck::tracefs().unwrap();
+        let inst = crate::ftrace::Instance::create(&tracefs, "probe-witness").unwrap();
+        let witness = inst.write("set_ftrace_filter", "vfs_read");
+        drop(inst);
+        match (kernel_supports(Mechanism::Ftrace), witness) {
+            (Ok(()), Ok(())) => {}
+            (Err(ProbeError::Unavailable(why)), Err(w)) => {
+                assert_eq!(why, w.to_string());
+            }
+            (got, w) => panic!("probe {got:?} but a filter write gave {w:?}"),
         }
     }
 }

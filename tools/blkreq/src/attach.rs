@@ -49,9 +49,13 @@ impl Plan {
     pub fn explain(&self) -> String {
         let funcs = match &self.funcs_choice {
             Ok(c) => format!("functions: {}", c.explain()),
-            Err(e) => format!(
-                "functions: none, following requests through block tracepoints and their stacks only ({e})"
-            ),
+            Err(e) => {
+                let why = e
+                    .strip_prefix("no usable backend on this kernel (")
+                    .and_then(|w| w.strip_suffix(')'))
+                    .unwrap_or(e);
+                format!("functions: none ({why}), following requests through block tracepoints and their stacks only")
+            }
         };
         format!("{funcs}; tracepoints: {}", self.tps.explain())
     }
@@ -393,4 +397,87 @@ fn load_fentry_group(
             .map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
     }
     open.load()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btfscan::Site;
+
+    fn resolved() -> Resolved {
+        let f = |name: &str, positions: Vec<u8>| Site { name: name.into(), kind: Kind::Function, positions };
+        let t = |name: &str| Site { name: name.into(), kind: Kind::Tracepoint, positions: vec![0] };
+        let sites = vec![
+            f("blk_mq_start_request", vec![0]),
+            f("attempt_merge", vec![1, 2]),
+            f("blk_mq_free_request", vec![0]),
+            t("block_io_start"),
+            t("block_rq_complete"),
+        ];
+        crate::targets::resolve(&sites, &[], &[], &Default::default()).unwrap()
+    }
+
+    /// The function rungs cannot attach on the host (no kprobes), but
+    /// their programs must pass this kernel's verifier exactly as a guest
+    /// would load them, with both transports and every filter on.
+    #[test]
+    fn kprobe_programs_pass_the_verifier() {
+        for transport in [Transport::RingBuf, Transport::PerfBuf] {
+            let cfg = Config {
+                count: 4,
+                post_end: Duration::from_millis(10),
+                dev: crate::filters::kernel_dev(7, 0),
+                tgid: 1,
+                comm: Some(crate::filters::comm_bytes("dd")),
+                op: Some(1),
+                transport,
+            };
+            let res = resolved();
+            let mut open = open_skel().unwrap();
+            configure(&mut open, &cfg, &res).unwrap();
+            for name in ["brq_kmulti", "brq_kprobe", "brq_tb_0", "brq_rt_1"] {
+                let target = (name == "brq_tb_0").then_some("block_io_start");
+                set_prog(&mut open, name, target).unwrap();
+            }
+            let skel = open.load().unwrap_or_else(|e| panic!("{transport:?}: {e:#}"));
+            assert_eq!(skel.object().progs().count(), 2 * crate::targets::TP_SLOTS + FUNC_SLOTS + 2);
+        }
+    }
+
+    /// Forced onto fentry: on the host every function is refused at load,
+    /// and the per-function path turns that into a named refusal each,
+    /// not an error; where fentry works, each function is attached or named.
+    #[test]
+    fn fentry_functions_attach_or_are_named() {
+        let fentry_works = probe::kernel_supports(Mechanism::Fentry).is_ok();
+        let cfg = Config {
+            count: 2,
+            post_end: Duration::from_millis(10),
+            dev: 0,
+            tgid: 0,
+            comm: None,
+            op: None,
+            transport: Transport::RingBuf,
+        };
+        let res = resolved();
+        let plan = Plan {
+            funcs: Some(Mechanism::Fentry),
+            funcs_choice: Err("test".into()),
+            tps: Choice { mechanism: Mechanism::RawTp, forced: true, passed_over: vec![] },
+        };
+        let a = load_and_attach(&plan, &cfg, &res).unwrap();
+        assert_eq!(a.tps_attached, 2);
+        if fentry_works {
+            assert_eq!(a.funcs_attached + a.refused.len(), 3, "{:?}", a.refused);
+            assert!(a.funcs_attached > 0, "{:?}", a.refused);
+            return;
+        }
+        assert_eq!(a.funcs_attached, 0);
+        let refused: Vec<&str> = a.refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(refused.len(), 3, "{:?}", a.refused);
+        for name in ["blk_mq_start_request", "attempt_merge", "blk_mq_free_request"] {
+            assert!(refused.contains(&name), "{:?}", a.refused);
+        }
+        assert!(a.refused.iter().all(|(_, why)| why == "EPERM at load"), "{:?}", a.refused);
+    }
 }

@@ -16,7 +16,7 @@ use bpf::OffwaketimeSkelBuilder;
 use kdiag_shared::backend::{self, Mechanism, ProbeError};
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::Symbolizer;
-use kdiag_shared::{precheck, probe, Errno};
+use kdiag_shared::{flame, precheck, probe, Errno};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, Map, MapCore, MapFlags};
 use report::{Context, Entry, Layout, Side, Stack, StackFailures, Summary, Waker};
@@ -509,22 +509,10 @@ fn summarize(entries: &[Entry], s: &owt_stats, mech: &Mechanism, rc: &RunControl
 
 fn write_svg(file: File, entries: &[Entry], layout: Layout, what: &str) -> Result<()> {
     let lines: Vec<String> = entries.iter().filter(|e| e.weight_us() > 0).map(|e| e.folded(layout)).collect();
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = format!("Off-Wake Time: {what}");
-    opts.subtitle = Some("sleeper stacks below --, waker stacks above; width is blocked time".into());
-    opts.count_name = "us".into();
-    let mut w = BufWriter::new(file);
-    if lines.is_empty() {
-        // inferno refuses empty input; an SVG that says so beats a 0-byte file.
-        write!(
-            w,
-            "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"1200\" height=\"60\" \
-             xmlns=\"http://www.w3.org/2000/svg\"><text x=\"10\" y=\"30\">{}: no sleeps recorded</text></svg>\n",
-            opts.title
-        )?;
-    } else {
-        inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut w)?;
-    }
-    w.flush()?;
-    Ok(())
+    let labels = flame::Labels {
+        title: format!("Off-Wake Time: {what}"),
+        subtitle: Some("sleeper stacks below --, waker stacks above; width is blocked time".into()),
+        count_name: "us".into(),
+    };
+    flame::write_svg(file, &labels, &lines)
 }

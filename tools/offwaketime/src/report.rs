@@ -194,7 +194,7 @@ impl Entry {
         parts.push(w.label());
         // ';' separates frames and the last space the count: keep both
         // out of names (C++ and Rust names may hold spaces, which is fine).
-        let line: Vec<String> = parts.iter().map(|p| p.replace(';', ":").replace('\n', " ")).collect();
+        let line: Vec<String> = parts.iter().map(|p| kdiag_shared::flame::folded_frame(p)).collect();
         format!("{} {}", line.join(";"), self.weight_us())
     }
 }

@@ -221,7 +221,10 @@ static __always_inline void emit(void *ctx, struct brq_stats *s, struct request 
 }
 
 /* One step of one request: admit, follow, end. */
-static __noinline int track(void *ctx, __u64 ptr, __u32 id, __u32 pos)
+/* Ids and positions are 64-bit so that the bounds check and the table
+ * index are the same register: a 32-bit id is zero-extended after the
+ * check, and the verifier loses the bound. */
+static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 {
 	struct request *rq = (struct request *)ptr;
 	struct brq_stats *s;
@@ -356,7 +359,7 @@ static __always_inline __u64 reg_arg(struct pt_regs *regs, int i)
 
 static __always_inline int on_kprobe(struct pt_regs *ctx)
 {
-	__u32 id = bpf_get_attach_cookie(ctx);
+	__u64 id = bpf_get_attach_cookie(ctx);
 	__u8 mask;
 
 	if (id >= BRQ_MAX_TARGETS)
