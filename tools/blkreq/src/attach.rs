@@ -247,6 +247,13 @@ pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Atta
         _ => {}
     }
     a.attach_time = started.elapsed();
+    if let Some(bss) = a.core.maps.bss_data.as_deref_mut() {
+        // SAFETY: the mmapped .bss is shared with the BPF programs, which
+        // only read `armed`.
+        unsafe { std::ptr::write_volatile(&mut bss.armed, 1) };
+    } else {
+        return Err(anyhow!("BPF object has no .bss to arm admission with"));
+    }
     Ok(a)
 }
 

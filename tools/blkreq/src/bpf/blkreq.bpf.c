@@ -39,6 +39,10 @@ const volatile __u8 tgt_rank[BRQ_MAX_TARGETS] = {};
 /* Admissions so far (may briefly overshoot while a loser gives its ticket
  * back), session ids handed out, sessions ended. */
 __u64 tickets = 0;
+/* Set by userspace once every probe is attached: probes go in one by one,
+ * and a request admitted before its later steps' probes exist would show
+ * a life with holes (admitted at block_io_start, issue never seen). */
+__u64 armed = 0;
 __u64 session_seq = 0;
 __u64 finished = 0;
 
@@ -152,6 +156,8 @@ static __always_inline bool wanted(struct request *rq)
 /* A ticket under max_requests, and a fresh session id; 0 if full. */
 static __always_inline __u64 take_ticket(struct brq_stats *s)
 {
+	if (!*(volatile __u64 *)&armed)
+		return 0;
 	if (*(volatile __u64 *)&tickets >= max_requests) {
 		s->full++;
 		return 0;
