@@ -2,6 +2,10 @@
 //! window over the threshold is reported exactly once, with its length to
 //! within one sampling period and the module's holder function in the
 //! stack; a window under the threshold is not reported.
+//!
+//! Lengths are compared with what the module measured, not what was asked:
+//! under emulation the host may preempt a vCPU mid-window, and the guest
+//! clock (and so the window) runs on meanwhile.
 
 use crate::kmod::{window_cpu, HOLDER};
 use crate::sys::Kmod;
@@ -14,9 +18,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const THRESHOLD_MS: u64 = 10;
-/// irqoff samples every 1 ms at this threshold, and a report may be short
-/// by up to one period, never long; allow the same again for emulation.
-const TOLERANCE_US: i64 = 1000;
+/// irqoff samples every 1 ms at this threshold.
+const PERIOD_US: u64 = 1000;
+/// A report may be short by up to one period, never long.
+const TOLERANCE_US: i64 = PERIOD_US as i64;
 const WINDOWS_MS: [u64; 4] = [20, 50, 200, 5];
 
 fn monotonic_ns() -> u64 {
@@ -92,14 +97,28 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
 
     let mut injected = Vec::new();
     for ms in WINDOWS_MS {
-        // Quiet time between windows keeps their reports apart.
-        thread::sleep(Duration::from_millis(300));
-        let start_ns = monotonic_ns();
-        let r = Kmod::set("irqoff_cpu", cpu).and_then(|_| Kmod::set("irqoff_ms", ms));
-        let end_ns = monotonic_ns();
-        match r.and_then(|_| Kmod::get("irqoff_last_us")) {
-            Ok(real_us) => injected.push(Injected { ms, real_us, start_ns, end_ns }),
-            Err(e) => rep.fail(&format!("irqoff.{ms}ms"), format!("injecting: {e}")),
+        // A window under the threshold only proves something if it stayed
+        // there: when the host preempts the emulator mid-window, the guest
+        // clock runs on and the window really is longer. Try again then.
+        let attempts = if ms < THRESHOLD_MS { 3 } else { 1 };
+        for _ in 0..attempts {
+            // Quiet time between windows keeps their reports apart.
+            thread::sleep(Duration::from_millis(300));
+            let start_ns = monotonic_ns();
+            let r = Kmod::set("irqoff_cpu", cpu).and_then(|_| Kmod::set("irqoff_ms", ms));
+            let end_ns = monotonic_ns();
+            match r.and_then(|_| Kmod::get("irqoff_last_us")) {
+                Ok(real_us) => {
+                    injected.push(Injected { ms, real_us, start_ns, end_ns });
+                    if real_us < THRESHOLD_MS * 1000 - PERIOD_US {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    rep.fail(&format!("irqoff.{ms}ms"), format!("injecting: {e}"));
+                    break;
+                }
+            }
         }
     }
     thread::sleep(Duration::from_millis(500));
@@ -149,17 +168,21 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
             .unwrap_or_default();
         format!("cpu {} lat {} us stack [{}]", w["cpu"], w["lat_us"], syms.join(" < "))
     };
-    // A window's report comes when interrupts come back on: at the end of
-    // the write that ran it, give or take the slack of emulation.
-    let slack_ns = 50_000_000;
+    // A window's report is stamped when interrupts come back on: after the
+    // spin (which began after the write did) and a little after the write
+    // returned at the latest. Only the injected CPU counts.
+    let slack_ns = 20_000_000;
     let mut attributed = vec![false; windows.len()];
+    let mut quiet_ok = None;
+    let mut quiet_what = Vec::new();
     for inj in &injected {
-        let name = format!("irqoff.{}ms", inj.ms);
+        let from = inj.start_ns + inj.real_us * 1000 - PERIOD_US * 1000;
         let mine: Vec<usize> = windows
             .iter()
             .enumerate()
             .filter(|(_, w)| {
-                w["mono_ns"].as_u64().is_some_and(|t| t + slack_ns >= inj.start_ns && t <= inj.end_ns + slack_ns)
+                w["cpu"].as_u64() == Some(cpu as u64)
+                    && w["mono_ns"].as_u64().is_some_and(|t| t >= from && t <= inj.end_ns + slack_ns)
             })
             .map(|(i, _)| i)
             .collect();
@@ -168,21 +191,25 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
         }
         let reports: Vec<String> = mine.iter().map(|&i| describe(windows[i])).collect();
         let what = format!("injected {} us on cpu {cpu}; reports: [{}]", inj.real_us, reports.join("; "));
+        let holders: Vec<&Value> = mine.iter().map(|&i| windows[i]).filter(|w| has_holder(w)).collect();
         if inj.ms < THRESHOLD_MS {
-            rep.result(&name, mine.is_empty(), what);
+            // Only a window that stayed under the threshold must go unreported.
+            if inj.real_us < THRESHOLD_MS * 1000 - PERIOD_US {
+                quiet_ok = Some(quiet_ok.unwrap_or(true) && holders.is_empty());
+            }
+            quiet_what.push(what);
             continue;
         }
-        let ok = match mine.as_slice() {
-            [i] => {
-                let w = windows[*i];
-                let lat = w["lat_us"].as_i64().unwrap_or(-1);
-                (lat - inj.real_us as i64).abs() <= TOLERANCE_US
-                    && has_holder(w)
-                    && w["cpu"].as_u64() == Some(cpu as u64)
-            }
+        let ok = match holders.as_slice() {
+            [w] => (w["lat_us"].as_i64().unwrap_or(-1) - inj.real_us as i64).abs() <= TOLERANCE_US,
             _ => false,
         };
-        rep.result(&name, ok, what);
+        rep.result(&format!("irqoff.{}ms", inj.ms), ok, what);
+    }
+    let quiet_what = quiet_what.join(" / ");
+    match quiet_ok {
+        Some(ok) => rep.result("irqoff.5ms", ok, quiet_what),
+        None => rep.fail("irqoff.5ms", format!("the host stretched every try past the threshold: {quiet_what}")),
     }
     // Windows nobody injected: under emulation the host can stall a vCPU,
     // which a guest cannot tell from interrupts being off.
