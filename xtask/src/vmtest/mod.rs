@@ -139,7 +139,7 @@ fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, buil
         return run;
     }
     let mut append = format!(
-        "console=ttyS0 rdinit=/init panic=-1 oops=panic quiet kdiag_expect={} kdiag_absent={}",
+        "console=ttyS0 rdinit=/init panic=-1 oops=panic kdiag_expect={} kdiag_absent={}",
         kernel.expect.join(","),
         kernel.absent.join(",")
     );
@@ -147,7 +147,9 @@ fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, buil
         append.push_str(&format!(" kdiag_filter={f}"));
     }
     eprintln!("vmtest: booting {} ({})", spec.label, kernel.release);
-    let outcome = match qemu::boot(spec.label, &kernel.vmlinuz, &initrd, &append, Duration::from_secs(args.timeout)) {
+    let console = root.join(&kernel.release).join("console.log");
+    let timeout = Duration::from_secs(args.timeout);
+    let outcome = match qemu::boot(spec.label, &kernel.vmlinuz, &initrd, &append, timeout, &console) {
         Ok(o) => o,
         Err(e) => {
             run.results.push(fail("vm.boot", format!("{e:#}")));
@@ -165,7 +167,10 @@ fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, buil
         } else {
             "guest stopped before finishing its tests".to_string()
         };
-        run.results.push(fail("vm.boot", format!("{why}; console tail:\n    {}", outcome.tail.join("\n    "))));
+        run.results.push(fail(
+            "vm.boot",
+            format!("{why}; whole console in {}; its tail:\n    {}", console.display(), outcome.tail.join("\n    ")),
+        ));
     }
     run
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -44,8 +44,21 @@ pub fn parse_line(line: &str) -> Option<TestResult> {
     Some(TestResult { name, pass, detail: parts.next().unwrap_or("").trim().to_string() })
 }
 
-pub fn boot(label: &str, vmlinuz: &Path, initrd: &Path, append: &str, timeout: Duration) -> Result<Outcome> {
+/// Boot once. The whole console goes to `log`; the terminal gets it from
+/// the first line /init prints on (the kernel's boot messages only matter
+/// when something goes wrong, and then the tail shows them).
+pub fn boot(
+    label: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+    append: &str,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Outcome> {
     let start = Instant::now();
+    let mut log =
+        std::io::BufWriter::new(std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?);
+    let mut streaming = false;
     let mut child = Command::new("qemu-system-x86_64")
         // KVM is present here but its guests hang: emulate.
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512"])
@@ -92,7 +105,11 @@ pub fn boot(label: &str, vmlinuz: &Path, initrd: &Path, append: &str, timeout: D
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
-                println!("[{label}] {line}");
+                let _ = writeln!(log, "{line}");
+                streaming |= line.contains("KDIAG-");
+                if streaming {
+                    println!("[{label}] {line}");
+                }
                 if let Some(r) = parse_line(&line) {
                     results.push(r);
                 }
@@ -112,6 +129,7 @@ pub fn boot(label: &str, vmlinuz: &Path, initrd: &Path, append: &str, timeout: D
             }
         }
     }
+    let _ = log.flush();
     let status = child.wait().context("waiting for qemu")?;
     let qemu_err = stderr_thread.join().unwrap_or_default();
     if !status.success() && !timed_out {
