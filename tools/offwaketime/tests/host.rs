@@ -167,13 +167,21 @@ fn pipe_wakeups_have_both_stacks_and_the_right_time() {
         .filter(|g| g["sleeper"]["comm"] == "owt-writer" && has(&g["sleeper"]["kernel_stack"], "nanosleep"))
         .collect();
     assert!(!timer.is_empty(), "no nanosleep sleep in {groups:#?}");
+    // Never the task the interrupt landed on. A wakeup can go unseen when
+    // the kernel skips the program because it interrupted the same program
+    // on that CPU; the summary counts those, and they must stay rare.
+    let mut in_irq = 0;
     for g in &timer {
         let ctx = g["waker"]["context"].as_str().unwrap();
-        assert!(ctx == "hardirq" || ctx == "softirq", "{g}");
+        assert!(ctx == "hardirq" || ctx == "softirq" || ctx == "unseen", "{g}");
         assert_eq!(g["waker"]["pid"], 0, "{g}");
         assert!(g["waker"]["user_stack"].is_null(), "{g}");
-        assert!(has(&g["waker"]["kernel_stack"], "hrtimer_wakeup"), "{g}");
+        if ctx != "unseen" {
+            assert!(has(&g["waker"]["kernel_stack"], "hrtimer_wakeup"), "{g}");
+            in_irq += g["count"].as_u64().unwrap();
+        }
     }
+    assert!(in_irq + 1 >= ROUNDS as u64, "{timer:#?}");
     let slept: u64 = timer.iter().map(|g| g["blocked_ns"].as_u64().unwrap()).sum();
     let writer: Vec<&Value> = groups.iter().filter(|g| g["sleeper"]["comm"] == "owt-writer").collect();
     let n: u64 = timer.iter().map(|g| g["count"].as_u64().unwrap()).sum();
