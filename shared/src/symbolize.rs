@@ -41,9 +41,63 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:#x}"))
 }
 
-/// Frames the tracing machinery itself adds to a stack taken from BPF.
+/// The name of frames in BPF programs and trampolines. They live outside
+/// kernel text and modules, and kallsyms does not always list them; a
+/// lookup would then name whatever symbol precedes them (on the host, a
+/// rodata marker), which would be a lie.
+pub const BPF_FRAME: &str = "[bpf]";
+
+/// Frames the tracing machinery itself adds to a stack taken from BPF:
+/// programs, trampolines, tracepoint iterators, kprobe/fprobe plumbing.
 pub fn is_tracer_frame(sym: &str) -> bool {
-    sym.starts_with("bpf_prog_") || sym.starts_with("bpf_trace_run") || sym.starts_with("__bpf_trace_")
+    const PREFIXES: [&str; 13] = [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "__probestub_",
+        "bpf_trampoline_",
+        "trace_call_bpf",
+        "kprobe_ftrace_handler",
+        "fprobe_",
+        "rethook_",
+        "ftrace_regs_caller",
+        "arch_ftrace_ops_list_func",
+        "perf_trace_",
+    ];
+    sym == BPF_FRAME || PREFIXES.iter().any(|p| sym.starts_with(p))
+}
+
+/// Where the kernel's own code is, from kallsyms: addresses outside it and
+/// outside every module are BPF programs or trampolines.
+#[derive(Debug, Default)]
+struct KernelText {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl KernelText {
+    fn from_kallsyms(text: &str) -> Self {
+        let mut marks = HashMap::new();
+        for l in text.lines() {
+            let mut f = l.split_whitespace();
+            if let (Some(a), Some(_), Some(n)) = (f.next(), f.next(), f.next()) {
+                if matches!(n, "_stext" | "_etext" | "_sinittext" | "_einittext") {
+                    marks.insert(n.to_string(), u64::from_str_radix(a, 16).unwrap_or(0));
+                }
+            }
+        }
+        let ranges = [("_stext", "_etext"), ("_sinittext", "_einittext")]
+            .iter()
+            .filter_map(|(s, e)| Some((*marks.get(*s)?, *marks.get(*e)?)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        KernelText { ranges }
+    }
+
+    /// Unknown bounds (no kallsyms) count as inside: never call real code BPF.
+    fn contains(&self, addr: u64) -> bool {
+        self.ranges.is_empty() || self.ranges.iter().any(|&(s, e)| addr >= s && addr < e)
+    }
 }
 
 /// A loaded kernel module's address range, from /proc/modules.
@@ -70,6 +124,8 @@ pub struct Symbolizer {
     kernel: HashMap<u64, Frame>,
     user: HashMap<(u32, u64), Frame>,
     modules: Vec<ModuleRange>,
+    /// Read on the first kernel stack: tools without one never pay for it.
+    text: Option<KernelText>,
 }
 
 impl Default for Symbolizer {
@@ -86,6 +142,7 @@ impl Symbolizer {
             kernel: HashMap::new(),
             user: HashMap::new(),
             modules,
+            text: None,
         }
     }
 
@@ -98,9 +155,15 @@ impl Symbolizer {
         if !missing.is_empty() {
             let src = Source::Kernel(Kernel { debug_syms: false, ..Kernel::default() });
             let syms = self.blaze.symbolize(&src, Input::AbsAddr(&missing)).unwrap_or_default();
+            let text = self.text.get_or_insert_with(|| {
+                KernelText::from_kallsyms(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default())
+            });
             for (i, &a) in missing.iter().enumerate() {
                 let mut f = to_frame(a, syms.get(i));
                 f.module = self.modules.iter().find(|m| a >= m.start && a < m.end).map(|m| m.name.clone());
+                if f.module.is_none() && !text.contains(a) {
+                    f = Frame { addr: a, sym: Some(BPF_FRAME.to_string()), off: 0, module: None };
+                }
                 self.kernel.insert(a, f);
             }
         }
@@ -187,7 +250,25 @@ mod tests {
     fn tracer_frames() {
         assert!(is_tracer_frame("bpf_prog_6deef7357e7b4530_handle"));
         assert!(is_tracer_frame("bpf_trace_run2"));
+        assert!(is_tracer_frame("__traceiter_block_rq_issue"));
+        assert!(is_tracer_frame(BPF_FRAME));
         assert!(!is_tracer_frame("schedule"));
+    }
+
+    #[test]
+    fn outside_kernel_text_and_modules_is_bpf() {
+        let k = KernelText::from_kallsyms(
+            "ffffffff81000000 T _stext\nffffffff8220bb08 T _etext\nffffffff83b26734 R __stop_runtime_ptr_USER_PTR_MAX\n",
+        );
+        assert!(k.contains(0xffffffff81234567));
+        assert!(!k.contains(0xffffffffa0001234));
+        assert!(KernelText::default().contains(0xffffffffa0001234));
+    }
+
+    #[test]
+    fn this_kernel_has_text_bounds() {
+        let k = KernelText::from_kallsyms(&std::fs::read_to_string("/proc/kallsyms").unwrap());
+        assert_eq!(k.ranges.len(), 2, "{k:?}");
     }
 
     /// A real kernel symbol from this kernel's kallsyms resolves to itself,

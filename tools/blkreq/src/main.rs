@@ -6,7 +6,6 @@ mod attach;
 mod btfscan;
 mod cli;
 mod filters;
-mod frames;
 mod globs;
 mod report;
 mod targets;
@@ -240,7 +239,6 @@ fn read_stats(map: &libbpf_rs::MapMut) -> Result<brq_stats> {
 
 fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step> {
     let mut sym = Symbolizer::new();
-    let text = frames::KernelText::load();
     let mut names = std::collections::HashMap::new();
     raw.iter()
         .map(|e| {
@@ -248,7 +246,7 @@ fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step>
                 let n = (e.stack_sz as usize / 8).min(e.stack.len());
                 sym.kernel_stack(&e.stack[..n])
                     .into_iter()
-                    .map(|f| text.name(&f))
+                    .map(|f| f.sym.unwrap_or_else(|| format!("{:#x}", f.addr)))
                     .collect::<Vec<_>>()
             });
             let comm: Vec<u8> = e.comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();

@@ -6,6 +6,7 @@
 //! counting the steps that passed through it. Rendered in the layout of
 //! the seed's stack-merging script.
 
+use kdiag_shared::symbolize::is_tracer_frame;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -78,25 +79,6 @@ pub fn boundary(sym: &str) -> Option<Context> {
     } else {
         None
     }
-}
-
-/// Frames the tracing machinery adds between the traced code and our
-/// program: BPF itself, tracepoint iterators, trampolines, kprobe/fprobe.
-pub fn is_tracer_frame(sym: &str) -> bool {
-    const PREFIXES: [&str; 9] = [
-        "__traceiter_",
-        "__probestub_",
-        "bpf_trampoline_",
-        "trace_call_bpf",
-        "kprobe_ftrace_handler",
-        "fprobe_",
-        "rethook_",
-        "ftrace_regs_caller",
-        "arch_ftrace_ops_list_func",
-    ];
-    sym == crate::frames::BPF
-        || kdiag_shared::symbolize::is_tracer_frame(sym)
-        || PREFIXES.iter().any(|p| sym.starts_with(p))
 }
 
 /// Cut a root-first stack at its innermost context boundary, widened to
