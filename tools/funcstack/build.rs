@@ -1,0 +1,3 @@
+fn main() {
+    kdiag_bpf_build::skeleton("src/bpf/funcstack.bpf.c", "funcstack");
+}

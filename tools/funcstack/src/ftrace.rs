@@ -1,0 +1,306 @@
+//! The ftrace rung: no BPF at all. Functions go through the function
+//! tracer with `func_stack_trace` and a `set_ftrace_filter`, tracepoints
+//! through the event tracer with the `stacktrace` option; both in a
+//! private tracefs instance (never the global tracer), read from its
+//! trace_pipe and parsed here.
+
+use crate::target::Resolved;
+use kdiag_shared::ftrace::Instance;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// One stack as ftrace printed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub comm: String,
+    pub tid: u32,
+    /// With the record-tgid option; None when the kernel did not know it.
+    pub tgid: Option<u32>,
+    pub cpu: u32,
+    /// The function reached (function tracer); None for an event.
+    pub function: Option<String>,
+    /// (name, module), innermost first.
+    pub frames: Vec<(String, Option<String>)>,
+}
+
+/// The fields before the event text: `COMM-TID (TGID) [CPU] FLAGS TS: `.
+#[derive(Debug, PartialEq, Eq)]
+struct Head<'a> {
+    comm: &'a str,
+    tid: u32,
+    tgid: Option<u32>,
+    cpu: u32,
+    rest: &'a str,
+}
+
+/// Parse the head of a trace line. The command name may hold spaces,
+/// dashes and brackets, so the line is split at the CPU field, the first
+/// `[digits]` preceded by `-TID` or `-TID (TGID)`.
+fn head(line: &str) -> Option<Head<'_>> {
+    let mut from = 0;
+    while let Some(i) = line[from..].find('[').map(|i| i + from) {
+        from = i + 1;
+        let Some(close) = line[i..].find(']').map(|c| c + i) else { break };
+        let Ok(cpu) = line[i + 1..close].parse::<u32>() else { continue };
+        let mut task = line[..i].trim_end();
+        let mut tgid = None;
+        if let Some(t) = task.strip_suffix(')') {
+            let Some((before, inside)) = t.rsplit_once('(') else { continue };
+            tgid = inside.trim().parse::<u32>().ok();
+            task = before.trim_end();
+        }
+        let Some((comm, tid)) = task.rsplit_once('-') else { continue };
+        let Ok(tid) = tid.parse::<u32>() else { continue };
+        let after = &line[close + 1..];
+        let rest = after.find(": ").map(|c| &after[c + 2..]).unwrap_or("");
+        return Some(Head { comm: comm.trim_start(), tid, tgid, cpu, rest });
+    }
+    None
+}
+
+/// ` => name`, ` => name+0x1c/0x40`, ` => name [module]`.
+fn frame(line: &str) -> Option<(String, Option<String>)> {
+    let f = line.trim_start().strip_prefix("=> ")?.trim();
+    let (f, module) = match f.strip_suffix(']').and_then(|r| r.rsplit_once(" [")) {
+        Some((name, m)) => (name, Some(m.to_string())),
+        None => (f, None),
+    };
+    let name = f.split(['+', ' ']).next().unwrap_or(f);
+    Some((name.to_string(), module))
+}
+
+/// Turns trace_pipe text into samples, a line at a time; a sample is
+/// complete when the line after its last frame arrives.
+#[derive(Default)]
+pub struct Parser {
+    pending: Option<Sample>,
+    /// The function each CPU last entered: its stack follows on that CPU,
+    /// though other CPUs' lines may come between.
+    last_function: HashMap<u32, String>,
+    partial: String,
+    pub lost: u64,
+}
+
+impl Parser {
+    pub fn feed(&mut self, text: &str, out: &mut Vec<Sample>) {
+        self.partial.push_str(text);
+        let Some(end) = self.partial.rfind('\n') else { return };
+        let complete: String = self.partial.drain(..=end).collect();
+        for line in complete.lines() {
+            self.line(line, out);
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<Sample>) {
+        let rest = std::mem::take(&mut self.partial);
+        for line in rest.lines() {
+            self.line(line, out);
+        }
+        out.extend(self.pending.take());
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<Sample>) {
+        if let Some(f) = frame(line) {
+            if let Some(p) = &mut self.pending {
+                p.frames.push(f);
+            }
+            return;
+        }
+        out.extend(self.pending.take());
+        if line.starts_with('#') || line.trim().is_empty() {
+            return;
+        }
+        // "CPU:1 [LOST 42 EVENTS]"
+        if let Some(n) = line.split_once("[LOST ").and_then(|(_, r)| r.split_whitespace().next()) {
+            self.lost += n.parse::<u64>().unwrap_or(0);
+            return;
+        }
+        let Some(h) = head(line) else { return };
+        if h.rest.trim() == "<stack trace>" {
+            self.pending = Some(Sample {
+                comm: h.comm.to_string(),
+                tid: h.tid,
+                tgid: h.tgid,
+                cpu: h.cpu,
+                function: self.last_function.remove(&h.cpu),
+                frames: vec![],
+            });
+        } else if let Some((func, _parent)) = h.rest.split_once(" <-") {
+            self.last_function.insert(h.cpu, func.trim().to_string());
+        }
+    }
+}
+
+pub struct Session {
+    inst: Instance,
+    pipe: Option<File>,
+    parser: Parser,
+    samples: Vec<Sample>,
+}
+
+fn set(inst: &Instance, file: &str, value: &str) -> Result<(), String> {
+    inst.write(file, value).map_err(|e| e.to_string())
+}
+
+impl Session {
+    /// Set up the instance and start tracing. Nothing is traced until the
+    /// filter is in place: a function tracer without one would trace every
+    /// function in the kernel.
+    pub fn start(tracefs: &Path, target: &Resolved, glob: Option<&str>) -> Result<Self, String> {
+        let inst = Instance::create(tracefs, "funcstack")?;
+        set(&inst, "tracing_on", "0")?;
+        // Stacks are big records; the default buffer overruns quickly.
+        let _ = inst.write("buffer_size_kb", "4096");
+        // Without it there is no process id in the output (before 4.13);
+        // the tid still is, and -p then looks the process up.
+        let _ = inst.write("options/record-tgid", "1");
+        match target {
+            Resolved::Functions { names, .. } => {
+                let tracers = inst.read("available_tracers").unwrap_or_default();
+                if !tracers.split_whitespace().any(|t| t == "function") {
+                    return Err("no function tracer in this kernel (CONFIG_FUNCTION_TRACER is off)".into());
+                }
+                let refused = |e: kdiag_shared::ftrace::WriteError| match e.errno.0 {
+                    libc::EPERM => format!("{e}: this kernel refuses the function tracer"),
+                    libc::EINVAL => format!("{e}: ftrace cannot trace it (notrace)"),
+                    _ => e.to_string(),
+                };
+                match glob {
+                    Some(g) => inst.write("set_ftrace_filter", g).map_err(refused)?,
+                    None => {
+                        for (i, chunk) in names.chunks(256).enumerate() {
+                            let names = chunk.join(" ");
+                            let res = if i == 0 {
+                                inst.write("set_ftrace_filter", &names)
+                            } else {
+                                inst.append("set_ftrace_filter", &names)
+                            };
+                            res.map_err(refused)?;
+                        }
+                    }
+                }
+                let filter = inst.read("set_ftrace_filter").map_err(|e| format!("cannot read set_ftrace_filter: {e}"))?;
+                if filter.lines().all(|l| l.starts_with('#') || l.trim().is_empty()) {
+                    return Err("the function filter came out empty: ftrace cannot trace these functions".into());
+                }
+                set(&inst, "current_tracer", "function")?;
+                set(&inst, "options/func_stack_trace", "1")?;
+            }
+            Resolved::Tracepoint { group, name } => {
+                set(&inst, "options/stacktrace", "1")?;
+                set(&inst, &format!("events/{group}/{name}/enable"), "1")?;
+            }
+        }
+        let pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(inst.path().join("trace_pipe"))
+            .map_err(|e| format!("cannot open trace_pipe: {e}"))?;
+        set(&inst, "tracing_on", "1")?;
+        Ok(Session { inst, pipe: Some(pipe), parser: Parser::default(), samples: vec![] })
+    }
+
+    /// Read what trace_pipe has, waiting up to `timeout` for the first data.
+    pub fn poll(&mut self, timeout: Duration) -> Result<(), String> {
+        let Some(pipe) = &self.pipe else { return Ok(()) };
+        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(format!("waiting for trace_pipe: {e}"));
+        }
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), String> {
+        let Some(pipe) = &mut self.pipe else { return Ok(()) };
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.parser.feed(&String::from_utf8_lossy(&buf[..n]), &mut self.samples),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading trace_pipe: {e}")),
+            }
+        }
+    }
+
+    /// Stop tracing, take what is left in the buffer, and remove the
+    /// instance. Returns the samples and the events the kernel lost.
+    pub fn stop(mut self) -> Result<(Vec<Sample>, u64), String> {
+        let _ = self.inst.write("tracing_on", "0");
+        let drained = self.drain();
+        self.parser.finish(&mut self.samples);
+        self.pipe = None;
+        let Session { inst, parser, samples, .. } = self;
+        drop(inst);
+        drained?;
+        Ok((samples, parser.lost))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real output of this host's event tracer (stacktrace option) and the
+    /// layout of the function tracer's func_stack_trace records.
+    const TRACE: &str = "\
+# tracer: nop
+#           TASK-PID       TGID    CPU#  |||||  TIMESTAMP  FUNCTION
+          umount-22772   (  22772) [000] .....  4483.440598: sys_umount(name: 0x56531c1472e0, flags: 0)
+          umount-22772   (  22772) [000] .....  4483.440734: <stack trace>
+ => ftrace_syscall_enter
+ => syscall_trace_enter
+ => do_syscall_64
+ => entry_SYSCALL_64_after_hwframe
+ my worker-3-77 (-------) [001] d..1.  10.000001: vfs_fsync_range <-do_fsync
+          other-9       (      9) [000] .....  10.000002: sys_umount(name: 0x1, flags: 0)
+ my worker-3-77 (-------) [001] d..1.  10.000003: <stack trace>
+ => vfs_fsync_range+0x4/0x90
+ => do_fsync+0x38/0x70 [ext4]
+ => <ffffffff81000000>
+CPU:1 [LOST 42 EVENTS]
+";
+
+    #[test]
+    fn heads() {
+        let h = head("          umount-22772   (  22772) [000] .....  4483.440598: sys_umount(name: 0x5)").unwrap();
+        assert_eq!(h, Head { comm: "umount", tid: 22772, tgid: Some(22772), cpu: 0, rest: "sys_umount(name: 0x5)" });
+        let h = head("  kworker/0:1-[x]-12 [003] ..... 1.5: <stack trace>").unwrap();
+        assert_eq!((h.comm, h.tid, h.tgid, h.cpu, h.rest), ("kworker/0:1-[x]", 12, None, 3, "<stack trace>"));
+        assert!(head(" => do_fsync").is_none());
+    }
+
+    #[test]
+    fn samples_from_events_and_functions() {
+        let mut p = Parser::default();
+        let mut out = vec![];
+        // Fed in awkward pieces, as reads of a pipe come.
+        let (a, b) = TRACE.split_at(300);
+        p.feed(a, &mut out);
+        p.feed(b, &mut out);
+        p.finish(&mut out);
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!(out[0].comm, "umount");
+        assert_eq!((out[0].tid, out[0].tgid, out[0].cpu, out[0].function.as_deref()), (22772, Some(22772), 0, None));
+        let names: Vec<&str> = out[0].frames.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["ftrace_syscall_enter", "syscall_trace_enter", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]);
+        assert_eq!(out[1].comm, "my worker-3");
+        assert_eq!((out[1].tid, out[1].tgid, out[1].cpu), (77, None, 1));
+        assert_eq!(out[1].function.as_deref(), Some("vfs_fsync_range"));
+        assert_eq!(out[1].frames[1], ("do_fsync".to_string(), Some("ext4".to_string())));
+        assert_eq!(out[1].frames[2].0, "<ffffffff81000000>");
+        assert_eq!(p.lost, 42);
+    }
+}

@@ -1,0 +1,391 @@
+//! What the user asked to trace, and whether this kernel has it: a
+//! function, a glob of functions, or a tracepoint. Every "no" is one line
+//! that says why (no such function, only compiler clones of it, a variable,
+//! code the kernel never lets a tracer into), decided from kallsyms and
+//! tracefs before anything is loaded.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spec {
+    Function(String),
+    Glob(String),
+    Tracepoint { group: String, name: String },
+}
+
+impl Spec {
+    /// `FUNC`, `GLOB` (with `*`, `?`), or `tracepoint:GROUP:NAME` (also
+    /// `tp:` and `t:`, as bcc's stackcount writes it).
+    pub fn parse(s: &str) -> Result<Spec, String> {
+        let s = s.trim();
+        for p in ["tracepoint:", "tp:", "t:"] {
+            if let Some(rest) = s.strip_prefix(p) {
+                let (group, name) = rest
+                    .split_once(':')
+                    .or_else(|| rest.split_once('/'))
+                    .ok_or_else(|| format!("'{s}' is not a tracepoint: write tracepoint:GROUP:NAME"))?;
+                for part in [group, name] {
+                    if part.is_empty() || !part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("'{s}' is not a tracepoint: write tracepoint:GROUP:NAME"));
+                    }
+                }
+                return Ok(Spec::Tracepoint { group: group.into(), name: name.into() });
+            }
+        }
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "_.*?".contains(c)) {
+            return Err(format!("'{s}' is not a function name or glob (letters, digits, _ . * ?)"));
+        }
+        if s.contains(['*', '?']) {
+            if s.chars().all(|c| c == '*' || c == '?') {
+                return Err(format!("'{s}' would match every kernel function: narrow it down"));
+            }
+            return Ok(Spec::Glob(s.into()));
+        }
+        Ok(Spec::Function(s.into()))
+    }
+
+    pub fn is_tracepoint(&self) -> bool {
+        matches!(self, Spec::Tracepoint { .. })
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Spec::Function(f) | Spec::Glob(f) => f.clone(),
+            Spec::Tracepoint { group, name } => format!("tracepoint:{group}:{name}"),
+        }
+    }
+}
+
+/// `*` any run of characters, `?` one character: the globs ftrace's
+/// set_ftrace_filter takes too.
+pub fn glob_match(pat: &str, s: &str) -> bool {
+    let (p, s): (Vec<char>, Vec<char>) = (pat.chars().collect(), s.chars().collect());
+    let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sym {
+    pub addr: u64,
+    pub kind: char,
+    pub name: String,
+}
+
+/// Kernel text regions no tracer may enter: the entry code, noinstr code
+/// (runs where tracing is unsafe: before RCU is watching, in NMI entry),
+/// kprobes' own code, cpuidle, and __init code freed after boot. Their
+/// bounds are symbols in kallsyms, so this needs neither debugfs nor
+/// available_filter_functions (which some kernels refuse to show).
+const FORBIDDEN: [(&str, &str, &str); 7] = [
+    ("__entry_text_start", "__entry_text_end", "kernel entry code"),
+    ("__irqentry_text_start", "__irqentry_text_end", "interrupt entry code"),
+    ("__softirqentry_text_start", "__softirqentry_text_end", "softirq entry code"),
+    ("__noinstr_text_start", "__noinstr_text_end", "noinstr code, which runs where tracing is unsafe"),
+    ("__cpuidle_text_start", "__cpuidle_text_end", "cpuidle code"),
+    ("__kprobes_text_start", "__kprobes_text_end", "the kprobes machinery itself"),
+    ("_sinittext", "_einittext", "__init code, freed after boot"),
+];
+
+pub struct Kallsyms {
+    syms: Vec<Sym>,
+    forbidden: Vec<(u64, u64, &'static str)>,
+    /// available_filter_functions, where the kernel shows it.
+    filterable: Option<BTreeSet<String>>,
+}
+
+fn is_text(kind: char) -> bool {
+    matches!(kind, 't' | 'T')
+}
+
+/// Pieces of functions that are not entry points or not worth tracing by
+/// themselves: patchable-function prefixes, CFI stubs, cold fragments.
+fn is_fragment(name: &str) -> bool {
+    name.starts_with("__pfx_") || name.starts_with("__cfi_") || name.contains(".cold")
+}
+
+impl Kallsyms {
+    pub fn load(tracefs: Option<&Path>) -> Result<Self, String> {
+        let text = std::fs::read_to_string("/proc/kallsyms").map_err(|e| format!("cannot read /proc/kallsyms: {e}"))?;
+        let filterable = tracefs
+            .and_then(|t| std::fs::read_to_string(t.join("available_filter_functions")).ok())
+            .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect());
+        let k = Self::parse(&text, filterable);
+        if k.syms.iter().all(|s| s.addr == 0) {
+            return Err("kernel symbol addresses are hidden (kernel.kptr_restrict): run as root".into());
+        }
+        Ok(k)
+    }
+
+    pub fn parse(text: &str, filterable: Option<BTreeSet<String>>) -> Self {
+        let mut syms: Vec<Sym> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+                let kind = f.next()?.chars().next()?;
+                let name = f.next()?.to_string();
+                Some(Sym { addr, kind, name })
+            })
+            .collect();
+        syms.sort_by_key(|s| s.addr);
+        let find = |n: &str| syms.iter().find(|s| s.name == n).map(|s| s.addr);
+        let forbidden = FORBIDDEN
+            .iter()
+            .filter_map(|(a, b, why)| Some((find(a)?, find(b)?, *why)))
+            .filter(|(a, b, _)| a < b)
+            .collect();
+        Kallsyms { syms, forbidden, filterable }
+    }
+
+    /// Why a tracer may not enter the function at `addr`, if it may not.
+    fn forbidden(&self, addr: u64, name: &str) -> Option<String> {
+        if let Some((_, _, why)) = self.forbidden.iter().find(|(a, b, _)| addr >= *a && addr < *b) {
+            return Some(format!("the kernel keeps tracers out of {why}"));
+        }
+        if let Some(f) = &self.filterable {
+            if !f.contains(name) {
+                return Some(
+                    "the kernel marks it notrace: it is not in available_filter_functions".to_string()
+                );
+            }
+        }
+        None
+    }
+
+    /// The function at or before `addr`, for naming what a glob hit.
+    pub fn function_at(&self, addr: u64) -> Option<&str> {
+        let i = self.syms.partition_point(|s| s.addr <= addr);
+        self.syms[..i].iter().rev().find(|s| is_text(s.kind) && !s.name.starts_with("__pfx_")).map(|s| s.name.as_str())
+    }
+}
+
+/// What will be traced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Tracepoint { group: String, name: String },
+    /// Function names, sorted; `excluded` are glob matches left out, with
+    /// why.
+    Functions { names: Vec<String>, excluded: Vec<(String, String)>, glob: bool },
+}
+
+impl Resolved {
+    pub fn functions(&self) -> &[String] {
+        match self {
+            Resolved::Functions { names, .. } => names,
+            Resolved::Tracepoint { .. } => &[],
+        }
+    }
+}
+
+/// Resolve a function or glob against kallsyms.
+pub fn resolve_functions(spec: &Spec, k: &Kallsyms) -> Result<Resolved, String> {
+    match spec {
+        Spec::Function(name) => {
+            let hits: Vec<&Sym> = k.syms.iter().filter(|s| &s.name == name).collect();
+            if let Some(s) = hits.iter().find(|s| is_text(s.kind)) {
+                if let Some(why) = k.forbidden(s.addr, name) {
+                    return Err(format!("{name} is not traceable: {why}"));
+                }
+                return Ok(Resolved::Functions { names: vec![name.clone()], excluded: vec![], glob: false });
+            }
+            if let Some(s) = hits.first() {
+                return Err(format!("{name} is not a function: kallsyms lists it as a symbol of type '{}' (data)", s.kind));
+            }
+            let clones: BTreeSet<&str> = k
+                .syms
+                .iter()
+                .filter(|s| is_text(s.kind) && !is_fragment(&s.name))
+                .filter(|s| s.name.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('.')))
+                .map(|s| s.name.as_str())
+                .collect();
+            if !clones.is_empty() {
+                let list: Vec<&str> = clones.into_iter().collect();
+                return Err(format!(
+                    "{name} is not in this kernel as such: the compiler inlined or specialised it, \
+                     leaving {}; trace that name instead",
+                    list.join(", ")
+                ));
+            }
+            Err(format!(
+                "no function {name} in this kernel: it does not exist here, or the compiler inlined it \
+                 into every caller (then trace a caller), or it is in a module that is not loaded"
+            ))
+        }
+        Spec::Glob(pat) => {
+            let mut names = BTreeSet::new();
+            let mut excluded = Vec::new();
+            let mut seen = BTreeSet::new();
+            for s in k.syms.iter().filter(|s| is_text(s.kind) && !is_fragment(&s.name)) {
+                if !glob_match(pat, &s.name) || !seen.insert(s.name.clone()) {
+                    continue;
+                }
+                match k.forbidden(s.addr, &s.name) {
+                    Some(why) => excluded.push((s.name.clone(), why)),
+                    None => {
+                        names.insert(s.name.clone());
+                    }
+                }
+            }
+            if names.is_empty() && excluded.is_empty() {
+                return Err(format!("no kernel function matches '{pat}'"));
+            }
+            if names.is_empty() {
+                return Err(format!(
+                    "'{pat}' matches {} functions and none is traceable ({}: {})",
+                    excluded.len(),
+                    excluded[0].0,
+                    excluded[0].1
+                ));
+            }
+            Ok(Resolved::Functions { names: names.into_iter().collect(), excluded, glob: true })
+        }
+        Spec::Tracepoint { .. } => unreachable!("tracepoints are resolved through tracefs"),
+    }
+}
+
+/// Check that `events/GROUP/NAME` exists under tracefs.
+pub fn resolve_tracepoint(tracefs: &Path, group: &str, name: &str) -> Result<Resolved, String> {
+    let events = tracefs.join("events");
+    let g = events.join(group);
+    if !g.is_dir() {
+        return Err(format!("no tracepoint group '{group}' in this kernel (see {})", events.display()));
+    }
+    if !g.join(name).join("format").exists() {
+        let mut near: Vec<String> = std::fs::read_dir(&g)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        near.retain(|n| n != "enable" && n != "filter");
+        let shared = |n: &str| n.bytes().zip(name.bytes()).take_while(|(a, b)| a == b).count();
+        let best = near.iter().map(|n| shared(n)).max().unwrap_or(0);
+        near.retain(|n| best >= 3 && shared(n) == best);
+        near.sort();
+        near.truncate(5);
+        let hint = if near.is_empty() { String::new() } else { format!("; similar: {}", near.join(", ")) };
+        return Err(format!("no tracepoint {group}:{name} in this kernel{hint}"));
+    }
+    Ok(Resolved::Tracepoint { group: group.into(), name: name.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS: &str = "\
+ffffffff81000010 T __entry_text_start
+ffffffff81000020 T entry_SYSCALL_64
+ffffffff81001a87 T __entry_text_end
+ffffffff817119d0 T __pfx_vfs_fsync_range
+ffffffff817119e0 T vfs_fsync_range
+ffffffff81711c30 T vfs_fsync
+ffffffff81712000 t do_execveat_common.isra.0
+ffffffff81712100 t do_execveat_common.cold
+ffffffff821ef5c0 T __noinstr_text_start
+ffffffff821ef620 T do_syscall_64
+ffffffff821f7645 T __noinstr_text_end
+ffffffff83000000 D jiffies_64
+";
+
+    fn k() -> Kallsyms {
+        Kallsyms::parse(KALLSYMS, None)
+    }
+
+    #[test]
+    fn specs() {
+        assert_eq!(Spec::parse("vfs_fsync_range"), Ok(Spec::Function("vfs_fsync_range".into())));
+        assert_eq!(Spec::parse("vfs_fsync*"), Ok(Spec::Glob("vfs_fsync*".into())));
+        let tp = Spec::Tracepoint { group: "syscalls".into(), name: "sys_enter_umount".into() };
+        assert_eq!(Spec::parse("tracepoint:syscalls:sys_enter_umount").as_ref(), Ok(&tp));
+        assert_eq!(Spec::parse("t:syscalls:sys_enter_umount").as_ref(), Ok(&tp));
+        assert_eq!(Spec::parse("tracepoint:syscalls/sys_enter_umount").as_ref(), Ok(&tp));
+        assert!(Spec::parse("tracepoint:block").unwrap_err().contains("write tracepoint:GROUP:NAME"));
+        assert!(Spec::parse("vfs read").unwrap_err().contains("not a function name"));
+        assert!(Spec::parse("**").unwrap_err().contains("every kernel function"));
+        assert_eq!(tp.label(), "tracepoint:syscalls:sys_enter_umount");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("vfs_*", "vfs_fsync"));
+        assert!(glob_match("*fsync*", "vfs_fsync_range"));
+        assert!(glob_match("vfs_fsyn?", "vfs_fsync"));
+        assert!(!glob_match("vfs_fsyn?", "vfs_fsync_range"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn each_kind_of_no_is_explained() {
+        let k = k();
+        let f = |s: &str| resolve_functions(&Spec::parse(s).unwrap(), &k);
+        assert_eq!(
+            f("vfs_fsync_range"),
+            Ok(Resolved::Functions { names: vec!["vfs_fsync_range".into()], excluded: vec![], glob: false })
+        );
+        let e = f("do_syscall_64").unwrap_err();
+        assert_eq!(
+            e,
+            "do_syscall_64 is not traceable: the kernel keeps tracers out of noinstr code, \
+             which runs where tracing is unsafe"
+        );
+        assert!(f("entry_SYSCALL_64").unwrap_err().contains("kernel entry code"));
+        assert!(f("jiffies_64").unwrap_err().starts_with("jiffies_64 is not a function"));
+        let e = f("do_execveat_common").unwrap_err();
+        assert!(e.contains("leaving do_execveat_common.isra.0;"), "{e}");
+        assert!(!e.contains(".cold"), "{e}");
+        assert!(f("no_such_fn").unwrap_err().starts_with("no function no_such_fn in this kernel"));
+        assert_eq!(f("zz_nothing*").unwrap_err(), "no kernel function matches 'zz_nothing*'");
+        assert!(f("do_sys*").unwrap_err().contains("none is traceable"));
+    }
+
+    #[test]
+    fn glob_sets_skip_fragments_and_forbidden_code() {
+        let k = k();
+        let r = resolve_functions(&Spec::Glob("*".to_string() + "_*"), &k).unwrap();
+        let names = r.functions();
+        assert!(names.contains(&"vfs_fsync".to_string()) && names.contains(&"do_execveat_common.isra.0".to_string()));
+        assert!(!names.iter().any(|n| n.starts_with("__pfx_") || n.contains(".cold") || n == "do_syscall_64"));
+        let Resolved::Functions { excluded, .. } = r else { panic!() };
+        assert!(excluded.iter().any(|(n, _)| n == "do_syscall_64"));
+    }
+
+    #[test]
+    fn available_filter_functions_has_the_last_word() {
+        let only: BTreeSet<String> = ["vfs_fsync".to_string()].into();
+        let k = Kallsyms::parse(KALLSYMS, Some(only));
+        let e = resolve_functions(&Spec::Function("vfs_fsync_range".into()), &k).unwrap_err();
+        assert_eq!(e, "vfs_fsync_range is not traceable: the kernel marks it notrace: it is not in available_filter_functions");
+    }
+
+    #[test]
+    fn functions_are_named_by_address() {
+        let k = k();
+        assert_eq!(k.function_at(0xffffffff817119e4), Some("vfs_fsync_range"));
+        assert_eq!(k.function_at(0xffffffff81711c30), Some("vfs_fsync"));
+    }
+
+    /// The host's own kallsyms: do_syscall_64 is noinstr on x86-64 since 5.x.
+    #[test]
+    fn this_kernel_marks_do_syscall_64() {
+        let k = Kallsyms::load(None).unwrap();
+        let e = resolve_functions(&Spec::Function("do_syscall_64".into()), &k).unwrap_err();
+        assert!(e.contains("noinstr"), "{e}");
+        assert!(resolve_functions(&Spec::Function("vfs_fsync_range".into()), &k).is_ok());
+    }
+}
