@@ -72,18 +72,27 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
 const GUEST_CRATE: &str = "kdiag-vmtest-guest";
 const GUEST_BIN: &str = "kdiag-vmtest-init";
 
-/// Build the guest driver, then each tool on its own: a tool that does not
-/// build fails its own line, and the guests still test the others.
+/// Build the guest driver and the tools in one cargo call: the same
+/// package set as `cargo xtask build` plus the driver, so the features of
+/// shared dependencies unify the same way and nothing is rebuilt. If that
+/// fails, build them one by one: a tool that does not build fails its own
+/// line, and the guests still test the others.
 fn build_guest_binaries() -> Result<Vec<TestResult>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    crate::setup::run(Command::new(&cargo).current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--target",
-        MUSL_TARGET,
-        "-p",
-        GUEST_CRATE,
-    ]))?;
+    let build = |pkgs: &[&str]| {
+        let mut c = Command::new(&cargo);
+        c.current_dir(workspace_root()).args(["build", "--release", "--target", MUSL_TARGET]);
+        for p in pkgs {
+            c.args(["-p", p]);
+        }
+        crate::setup::run(&mut c)
+    };
+    let all: Vec<&str> = TOOLS.iter().copied().chain([GUEST_CRATE]).collect();
+    if build(&all).is_ok() {
+        return Ok(vec![]);
+    }
+    eprintln!("vmtest: building one package at a time to find which fails");
+    build(&[GUEST_CRATE])?;
     let mut failures = Vec::new();
     for tool in TOOLS {
         if let Err(e) = tasks::build(&[tool.to_string()]) {
