@@ -117,7 +117,8 @@ fn run_suites(tally: &mut Tally) -> Result<()> {
         tally,
     )?;
     let packages = crate::package::package()?;
-    crate::package::check::run_checks(&packages, tally)
+    crate::package::check::run_checks(&packages, tally)?;
+    crate::vmtest::suite(tally)
 }
 
 #[cfg(test)]
