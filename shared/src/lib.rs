@@ -17,6 +17,7 @@
 //! - [`histogram`]: log2 histograms as bcc prints them.
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
 //! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
+//! - [`softirq`]: the kernel's softirq vector names, from BTF.
 
 pub mod args;
 pub mod backend;
@@ -29,6 +30,7 @@ pub mod perf;
 pub mod precheck;
 pub mod probe;
 pub mod runctl;
+pub mod softirq;
 pub mod symbolize;
 pub mod transport;
 

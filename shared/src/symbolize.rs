@@ -50,7 +50,7 @@ pub const BPF_FRAME: &str = "[bpf]";
 /// Frames the tracing machinery itself adds to a stack taken from BPF:
 /// programs, trampolines, tracepoint iterators, kprobe/fprobe plumbing.
 pub fn is_tracer_frame(sym: &str) -> bool {
-    const PREFIXES: [&str; 13] = [
+    const PREFIXES: [&str; 16] = [
         "bpf_prog_",
         "bpf_trace_run",
         "__bpf_trace_",
@@ -58,13 +58,20 @@ pub fn is_tracer_frame(sym: &str) -> bool {
         "__probestub_",
         "bpf_trampoline_",
         "trace_call_bpf",
-        "kprobe_ftrace_handler",
+        "trace_event_raw_event_",
+        "perf_trace_",
+        "kprobe_",
+        "__kprobes",
+        "aggr_pre_handler",
+        "pre_handler_kretprobe",
         "fprobe_",
         "rethook_",
-        "ftrace_regs_caller",
-        "arch_ftrace_ops_list_func",
-        "perf_trace_",
+        "ftrace_",
     ];
+    // arch_ftrace_ops_list_func and friends.
+    if sym.starts_with("arch_ftrace_") {
+        return true;
+    }
     sym == BPF_FRAME || PREFIXES.iter().any(|p| sym.starts_with(p))
 }
 

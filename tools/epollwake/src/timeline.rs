@@ -84,11 +84,7 @@ impl Timeline {
             fdmap,
             herds: Herds::default(),
             uprobe_names,
-            softirqs: kdiag_shared::precheck::tracefs()
-                .ok()
-                .and_then(|d| std::fs::read_to_string(d.join("events/irq/softirq_entry/format")).ok())
-                .map(|f| waker::softirq_names(&f))
-                .unwrap_or_default(),
+            softirqs: kdiag_shared::softirq::this_kernel(),
             comms: HashMap::new(),
             pending: Vec::new(),
             shown: HashMap::new(),

@@ -83,22 +83,6 @@ fn hardirq_of(syms: &[&str]) -> Option<String> {
     })
 }
 
-/// The softirq vector names of this kernel, from the `__print_symbolic`
-/// table of irq:softirq_entry's format file.
-pub fn softirq_names(format: &str) -> Vec<String> {
-    let Some(i) = format.find("__print_symbolic(") else { return vec![] };
-    let mut out = Vec::new();
-    for part in format[i..].split('{').skip(1) {
-        let Some((num, rest)) = part.split_once(',') else { continue };
-        let (Ok(n), Some(name)) = (num.trim().parse::<usize>(), rest.split('"').nth(1)) else { continue };
-        if out.len() <= n {
-            out.resize(n + 1, String::new());
-        }
-        out[n] = name.to_string();
-    }
-    out
-}
-
 /// Classify one wake-up. `syms` is the waker's kernel stack, innermost
 /// frame first; `softirq` the vector the waker was serving, if any.
 pub fn classify(syms: &[&str], softirq: Option<&str>) -> Waker {
@@ -194,11 +178,4 @@ mod tests {
         assert_eq!((o.cause, o.via.as_deref()), (Cause::Other, Some("futex_wake")));
     }
 
-    #[test]
-    fn softirq_names_from_the_format_file() {
-        let f = "print fmt: \"vec=%u [action=%s]\", REC->vec, __print_symbolic(REC->vec, { 0, \"HI\" }, { 1, \"TIMER\" }, { 3, \"NET_RX\" })";
-        assert_eq!(softirq_names(f), vec!["HI", "TIMER", "", "NET_RX"]);
-        let here = std::fs::read_to_string(kdiag_shared::precheck::tracefs().unwrap().join("events/irq/softirq_entry/format")).unwrap();
-        assert_eq!(softirq_names(&here).get(3).map(String::as_str), Some("NET_RX"));
-    }
 }

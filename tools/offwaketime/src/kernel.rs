@@ -16,42 +16,6 @@ pub fn switch_passes_prev_state(btf: &Btf) -> bool {
     }
 }
 
-/// Softirq vector names (TIMER, NET_RX...), from the kernel's enum
-/// (`HI_SOFTIRQ` = 0 ...), with the long-stable order as a fallback.
-pub fn softirq_names(btf: Option<&Btf>) -> Vec<String> {
-    let from_btf = btf.and_then(|btf| {
-        let t = btf.type_by_name::<BtfType>("HI_SOFTIRQ").or_else(|| find_enum_with(btf, "HI_SOFTIRQ"))?;
-        let e = types::Enum::try_from(t).ok()?;
-        let mut named: Vec<(i64, String)> = e
-            .iter()
-            .filter_map(|m| {
-                let name = m.name?.to_str()?;
-                let short = name.strip_suffix("_SOFTIRQ")?;
-                Some((m.value, short.to_string()))
-            })
-            .collect();
-        named.sort();
-        (!named.is_empty() && named.iter().enumerate().all(|(i, (v, _))| *v == i as i64))
-            .then(|| named.into_iter().map(|(_, n)| n).collect())
-    });
-    from_btf.unwrap_or_else(|| {
-        ["HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    })
-}
-
-/// The anonymous enum holding `member`: enumerators are not types, so walk
-/// the enums.
-fn find_enum_with<'b>(btf: &'b Btf, member: &str) -> Option<BtfType<'b>> {
-    (1..)
-        .map_while(|id| btf.type_by_id::<BtfType>(libbpf_rs::btf::TypeId::from(id)))
-        .filter_map(|t| types::Enum::try_from(t).ok().map(|e| (t, e)))
-        .find(|(_, e)| e.iter().any(|m| m.name.and_then(|n| n.to_str()) == Some(member)))
-        .map(|(t, _)| t)
-}
-
 /// The symbol to put the switch kprobe on: `finish_task_switch`, or the
 /// compiler's clone of it (`finish_task_switch.isra.0`).
 pub fn finish_task_switch_symbol(kallsyms: &str) -> Option<String> {
@@ -76,14 +40,10 @@ mod tests {
         assert_eq!(finish_task_switch_symbol("1 T schedule\n"), None);
     }
 
-    /// The host kernel (6.18) passes prev_state and names softirqs in BTF.
+    /// The host kernel (6.18) passes prev_state.
     #[test]
     fn this_kernel() {
         let btf = Btf::from_vmlinux().unwrap();
         assert!(switch_passes_prev_state(&btf));
-        let names = softirq_names(Some(&btf));
-        assert_eq!(names[1], "TIMER");
-        assert_eq!(names[3], "NET_RX");
-        assert!(names.len() >= 10, "{names:?}");
     }
 }

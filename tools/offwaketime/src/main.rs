@@ -210,7 +210,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     drop(irq_links);
     symbolize_user_stacks(&skel.maps.counts, &skel.maps.stacks, &mut stacks, &mut sym);
 
-    let softirq_names = kernel::softirq_names(btf.as_ref());
+    let softirq_names = kdiag_shared::softirq::vector_names(btf.as_ref());
     let groups = read_counts(&skel.maps.counts)?;
     let mut lookups = Vec::new();
     for (k, _) in &groups {

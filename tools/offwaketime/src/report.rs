@@ -235,26 +235,6 @@ fn is_thread_root(sym: &str) -> bool {
     ROOTS.contains(&sym) || sym.ends_with("thread_start") || sym.starts_with("__libc_start_main")
 }
 
-/// Frames the tracing machinery adds on top of a kernel stack taken from a
-/// tracepoint or kprobe program.
-pub fn is_tracer_frame(sym: &str) -> bool {
-    kdiag_shared::symbolize::is_tracer_frame(sym)
-        || [
-            "__traceiter_",
-            "perf_trace_",
-            "trace_call_bpf",
-            "trace_event_raw_event_",
-            "kprobe_",
-            "__kprobes",
-            "ftrace_",
-            "arch_ftrace_",
-            "aggr_pre_handler",
-            "pre_handler_kretprobe",
-        ]
-        .iter()
-        .any(|p| sym.starts_with(p))
-}
-
 /// An interrupt runs on top of whatever it interrupted; below its entry
 /// frame the stack belongs to that unrelated task (or the idle loop). Cut
 /// there, so one interrupt wakeup is one group, not one per victim. A
@@ -305,7 +285,7 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
 
 /// Drop the tracer's own frames from the top of a kernel stack.
 pub fn strip_tracer_frames(frames: Vec<Frame>) -> Vec<Frame> {
-    let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(is_tracer_frame)).count();
+    let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
     frames.into_iter().skip(skip).collect()
 }
 
