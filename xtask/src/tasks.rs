@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-pub const TOOLS: &[&str] = &["irqoff", "offwaketime", "blkreq", "epollwake", "compactwatch"];
+pub const TOOLS: &[&str] = &["irqoff", "offwaketime", "blkreq", "epollwake", "compactwatch", "funcstack"];
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

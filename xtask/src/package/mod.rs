@@ -18,10 +18,10 @@ use std::process::Command;
 
 pub const NAME: &str = "kdiag";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-const SUMMARY: &str = "single-purpose kernel diagnosis tools (irqoff, offwaketime, blkreq, epollwake, compactwatch)";
+const SUMMARY: &str = "single-purpose kernel diagnosis tools (irqoff, offwaketime, blkreq, epollwake, compactwatch, funcstack)";
 const DESCRIPTION: &str = "Static eBPF-based tools that each answer one question about a running kernel:\n\
 interrupts-off windows, off-CPU time by waker, block request paths, epoll\n\
-wake-ups and high-order allocation failures. Each picks the best tracing\n\
+wake-ups, high-order allocation failures and the call paths to any kernel\nfunction. Each picks the best tracing\n\
 mechanism the kernel supports and detaches everything when it stops.";
 
 /// Files that are configuration: kept on upgrade, removed only on purge.
