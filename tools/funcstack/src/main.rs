@@ -50,6 +50,8 @@ fn main() {
     }
 }
 
+// One session per run, never moved about: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Session {
     Bpf(BpfSession),
     Ftrace(ftrace::Session),
@@ -256,7 +258,7 @@ fn run(cli: cli::Cli) -> Result<()> {
                 entries.push(ftrace_entry(smp, tgid, &label));
             }
             let summary =
-                Summary { hits: samples.len() as u64, filtered, lost_events: lost, ..Default::default() };
+                Summary { hits: samples.len() as u64, filtered, lost_records: lost, ..Default::default() };
             (entries, vec![], summary)
         }
     };

@@ -276,8 +276,9 @@ pub struct Summary {
     /// Calls or events the kernel side saw, before -p/-c.
     pub hits: u64,
     pub filtered: u64,
-    /// Events the kernel dropped (ftrace buffer overrun).
-    pub lost_events: u64,
+    /// Trace records the kernel dropped (ftrace buffer overrun; an event
+    /// and its stack are two records).
+    pub lost_records: u64,
     pub stack_failures: StackFailures,
     /// Stacks lost because the counts map was full.
     pub keys_dropped: u64,
@@ -296,8 +297,11 @@ impl Summary {
         }
         out.push('\n');
         out.push_str(&format!("Not counted: {} by -p/-c filters", self.filtered));
-        if self.lost_events > 0 {
-            out.push_str(&format!("; {} events lost by the kernel (trace buffer full)", self.lost_events));
+        if self.lost_records > 0 {
+            out.push_str(&format!(
+                "; {} trace records lost by the kernel (buffer full; an event and its stack are two)",
+                self.lost_records
+            ));
         }
         if self.keys_dropped + self.rets_dropped > 0 {
             out.push_str(&format!(

@@ -380,3 +380,21 @@ fn help_explains_the_columns() {
         assert!(out.stdout.contains(want), "{want} missing from --help");
     }
 }
+
+/// -U: the user stack's first frame is exact (the syscall instruction, not
+/// a return address), so it names the libc wrapper this test called.
+#[test]
+fn user_stacks_name_the_libc_wrapper() {
+    let (out, _) = trace(&["-p", &me(), "-U", "--json", UMOUNT], || umounts("fs-user", 2));
+    let (stacks, summary) = json(&out);
+    assert_eq!(summary["count"], 2, "{stacks:#?}");
+    for s in &stacks {
+        let user = syms(&s["user_stack"]);
+        assert_eq!(user.first().map(String::as_str), Some("umount2"), "{s}");
+        assert!(syms(&s["kernel_stack"]).iter().any(|f| f == "do_syscall_64"), "{s}");
+    }
+    // Without -U no user stack is taken at all.
+    let (out, _) = trace(&["-p", &me(), "--json", UMOUNT], || umounts("fs-nouser", 1));
+    let (stacks, _) = json(&out);
+    assert!(stacks.iter().all(|s| s["user_stack"].is_null()), "{stacks:#?}");
+}
