@@ -50,7 +50,7 @@ pub const BPF_FRAME: &str = "[bpf]";
 /// Frames the tracing machinery itself adds to a stack taken from BPF:
 /// programs, trampolines, tracepoint iterators, kprobe/fprobe plumbing.
 pub fn is_tracer_frame(sym: &str) -> bool {
-    const PREFIXES: [&str; 16] = [
+    const PREFIXES: [&str; 25] = [
         "bpf_prog_",
         "bpf_trace_run",
         "__bpf_trace_",
@@ -59,19 +59,24 @@ pub fn is_tracer_frame(sym: &str) -> bool {
         "bpf_trampoline_",
         "trace_call_bpf",
         "trace_event_raw_event_",
+        "trace_event_buffer_",
         "perf_trace_",
+        "perf_syscall_",
+        "perf_tp_event",
         "kprobe_",
         "__kprobes",
         "aggr_pre_handler",
         "pre_handler_kretprobe",
         "fprobe_",
+        "__fprobe_handler",
         "rethook_",
         "ftrace_",
+        "arch_ftrace_",
+        "function_stack_trace_call",
+        "function_trace_call",
+        "__trace_stack",
+        "kprobe_multi_link_",
     ];
-    // arch_ftrace_ops_list_func and friends.
-    if sym.starts_with("arch_ftrace_") {
-        return true;
-    }
     sym == BPF_FRAME || PREFIXES.iter().any(|p| sym.starts_with(p))
 }
 

@@ -137,40 +137,11 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
-/// Frames the tracing machinery itself puts on top of a stack: BPF
-/// programs and trampolines, tracepoint glue, ftrace's own callers.
-pub fn is_tracer_frame(sym: &str) -> bool {
-    kdiag_shared::symbolize::is_tracer_frame(sym)
-        || [
-            "bpf_trampoline_",
-            "__traceiter_",
-            "perf_trace_",
-            "perf_syscall_",
-            "perf_tp_event",
-            "trace_call_bpf",
-            "trace_event_raw_event_",
-            "trace_event_buffer_",
-            "ftrace_",
-            "arch_ftrace_",
-            "function_stack_trace_call",
-            "function_trace_call",
-            "__trace_stack",
-            "kprobe_",
-            "aggr_pre_handler",
-            "pre_handler_kretprobe",
-            "fprobe_",
-            "__fprobe_handler",
-            "kprobe_multi_link_",
-        ]
-        .iter()
-        .any(|p| sym.starts_with(p))
-}
-
 /// Drop the tracer's frames from the top, and the target itself when it
 /// is the first frame left (kprobes and fentry see it, tracepoints not):
 /// every backend then shows the same callers.
 pub fn trim(frames: Vec<Frame>, target: &str) -> Vec<Frame> {
-    let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(is_tracer_frame)).count();
+    let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
     let mut rest: Vec<Frame> = frames.into_iter().skip(skip).collect();
     if rest.first().and_then(|f| f.sym.as_deref()) == Some(target) {
         rest.remove(0);
