@@ -159,6 +159,12 @@ impl Session {
         // Without it there is no process id in the output (before 4.13);
         // the tid still is, and -p then looks the process up.
         let _ = inst.write("options/record-tgid", "1");
+        // Reading trace_pipe goes through vfs_read and friends: tracing one
+        // of those from this very process feeds itself forever. Leave us
+        // out (5.8+; older kernels rely on the read budget in drain()).
+        let me = std::process::id().to_string();
+        let _ = inst.write("set_ftrace_notrace_pid", &me);
+        let _ = inst.write("set_event_notrace_pid", &me);
         match target {
             Resolved::Functions { names, .. } => {
                 let tracers = inst.read("available_tracers").unwrap_or_default();
@@ -218,16 +224,26 @@ impl Session {
             }
             return Err(format!("waiting for trace_pipe: {e}"));
         }
-        self.drain()
+        self.drain(4 << 20)
     }
 
-    fn drain(&mut self) -> Result<(), String> {
+    /// Read until the pipe is empty, or at most `budget` bytes: while
+    /// tracing, a target hit by our own reading would otherwise never let
+    /// the caller look at its deadline again.
+    fn drain(&mut self, budget: usize) -> Result<(), String> {
         let Some(pipe) = &mut self.pipe else { return Ok(()) };
         let mut buf = vec![0u8; 1 << 16];
+        let mut taken = 0;
         loop {
+            if taken >= budget {
+                return Ok(());
+            }
             match pipe.read(&mut buf) {
                 Ok(0) => return Ok(()),
-                Ok(n) => self.parser.feed(&String::from_utf8_lossy(&buf[..n]), &mut self.samples),
+                Ok(n) => {
+                    taken += n;
+                    self.parser.feed(&String::from_utf8_lossy(&buf[..n]), &mut self.samples);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("reading trace_pipe: {e}")),
@@ -239,7 +255,8 @@ impl Session {
     /// instance. Returns the samples and the events the kernel lost.
     pub fn stop(mut self) -> Result<(Vec<Sample>, u64), String> {
         let _ = self.inst.write("tracing_on", "0");
-        let drained = self.drain();
+        // Tracing is off: what is left is finite, and all of it is ours.
+        let drained = self.drain(usize::MAX);
         self.parser.finish(&mut self.samples);
         self.pipe = None;
         let Session { inst, parser, samples, .. } = self;
