@@ -15,6 +15,7 @@
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
 //! - [`flame`]: flame graph SVGs from folded stacks (inferno).
 //! - [`histogram`]: log2 histograms as bcc prints them.
+//! - [`maps`]: reading maps: plain values, stack maps, failed captures.
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
 //! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
 //! - [`softirq`]: the kernel's softirq vector names, from BTF.
@@ -25,6 +26,7 @@ pub mod cpus;
 pub mod flame;
 pub mod ftrace;
 pub mod histogram;
+pub mod maps;
 pub mod output;
 pub mod perf;
 pub mod precheck;

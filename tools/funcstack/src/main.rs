@@ -14,6 +14,7 @@ mod bpf {
 use anyhow::{anyhow, bail, Context as _, Result};
 use bpf::types::{fs_key, fs_ret_key, fs_stats};
 use bpf::{FuncstackSkel, FuncstackSkelBuilder};
+use kdiag_shared::maps::{plain, StackCache};
 use kdiag_shared::backend::{self, Mechanism, ProbeError};
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::{Frame, Symbolizer};
@@ -21,7 +22,7 @@ use kdiag_shared::{flame, precheck, Errno};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, Map, MapCore, MapFlags};
 use report::{Entry, RetEntry, RetValue, Stack, StackFailures, Summary};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::mem::MaybeUninit;
@@ -448,46 +449,12 @@ fn load_and_attach(
     Ok(BpfSession { skel, links, skipped, want_ip })
 }
 
-/// Stack ids to addresses, read from the stack map once each.
-#[derive(Default)]
-struct StackCache {
-    addrs: HashMap<i32, Vec<u64>>,
-    /// (tgid, stack id) of user stacks already symbolized.
-    user_done: HashSet<(u32, i32)>,
-}
-
-impl StackCache {
-    fn get(&mut self, map: &Map, id: i32) -> &[u64] {
-        self.addrs.entry(id).or_insert_with(|| {
-            map.lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()
-                .map(|bytes| {
-                    bytes
-                        .chunks_exact(8)
-                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-                        .take_while(|&a| a != 0)
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-    }
-}
-
-fn parse<T: Copy + Default>(bytes: &[u8]) -> T {
-    if bytes.len() < std::mem::size_of::<T>() {
-        return T::default();
-    }
-    // SAFETY: T is a plain-data type from the skeleton and the length was checked.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) }
-}
-
 /// Each key with its count on each CPU (index = CPU number).
 fn read_counts(map: &Map) -> Result<Vec<(fs_key, Vec<u64>)>> {
     let mut out = Vec::new();
     for k in map.keys() {
         if let Some(per_cpu) = map.lookup_percpu(&k, MapFlags::ANY).context("reading counts")? {
-            out.push((parse::<fs_key>(&k), per_cpu.iter().map(|v| parse::<u64>(v)).collect()));
+            out.push((plain::<fs_key>(&k), per_cpu.iter().map(|v| plain::<u64>(v)).collect()));
         }
     }
     Ok(out)
@@ -497,7 +464,7 @@ fn read_rets(map: &Map) -> Result<Vec<(fs_ret_key, u64)>> {
     let mut out = Vec::new();
     for k in map.keys() {
         if let Some(v) = map.lookup(&k, MapFlags::ANY).context("reading return values")? {
-            out.push((parse::<fs_ret_key>(&k), parse::<u64>(&v)));
+            out.push((plain::<fs_ret_key>(&k), plain::<u64>(&v)));
         }
     }
     Ok(out)
@@ -516,7 +483,7 @@ fn read_stats(map: &Map) -> Result<fs_stats> {
     let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?;
     let mut sum = fs_stats::default();
     for v in per_cpu.unwrap_or_default() {
-        let s = parse::<fs_stats>(&v);
+        let s = plain::<fs_stats>(&v);
         sum.hits += s.hits;
         sum.filtered += s.filtered;
         sum.stack_eexist += s.stack_eexist;
@@ -533,7 +500,7 @@ fn read_stats(map: &Map) -> Result<fs_stats> {
 /// symbolizer keeps the names for the report.
 fn symbolize_user_stacks(counts: &Map, stack_map: &Map, cache: &mut StackCache, sym: &mut Symbolizer) {
     for k in counts.keys() {
-        let key = parse::<fs_key>(&k);
+        let key = plain::<fs_key>(&k);
         if key.ustack < 0 || key.tgid == 0 || !cache.user_done.insert((key.tgid, key.ustack)) {
             continue;
         }

@@ -217,19 +217,7 @@ pub fn rets_text(rets: &[RetEntry]) -> String {
     out
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StackFailures {
-    pub eexist: u64,
-    pub enomem: u64,
-    pub efault: u64,
-    pub other: u64,
-}
-
-impl StackFailures {
-    pub fn total(&self) -> u64 {
-        self.eexist + self.enomem + self.efault + self.other
-    }
-}
+pub use kdiag_shared::maps::StackFailures;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {

@@ -14,6 +14,7 @@ mod bpf {
 use anyhow::{anyhow, bail, Context as _, Result};
 use bpf::types::{owt_key, owt_stats, owt_val};
 use bpf::OffwaketimeSkelBuilder;
+use kdiag_shared::maps::{plain, StackCache};
 use kdiag_shared::backend::{self, Mechanism, ProbeError};
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::Symbolizer;
@@ -21,7 +22,7 @@ use kdiag_shared::{flame, precheck, probe, Errno};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, Map, MapCore, MapFlags};
 use report::{Context, Entry, Layout, Side, Stack, StackFailures, Summary, Waker};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::mem::MaybeUninit;
@@ -314,45 +315,11 @@ fn join(ids: &[u32]) -> String {
     ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
-/// Stack ids to addresses, read from the stack map once each.
-#[derive(Default)]
-struct StackCache {
-    addrs: HashMap<i32, Vec<u64>>,
-    /// (tgid, stack id) of user stacks already symbolized.
-    user_done: HashSet<(u32, i32)>,
-}
-
-impl StackCache {
-    fn get(&mut self, map: &Map, id: i32) -> &[u64] {
-        self.addrs.entry(id).or_insert_with(|| {
-            map.lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()
-                .map(|bytes| {
-                    bytes
-                        .chunks_exact(8)
-                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-                        .take_while(|&a| a != 0)
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-    }
-}
-
-fn parse<T: Copy + Default>(bytes: &[u8]) -> T {
-    if bytes.len() < std::mem::size_of::<T>() {
-        return T::default();
-    }
-    // SAFETY: T is a plain-data type from the skeleton and the length was checked.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) }
-}
-
 fn read_counts(map: &Map) -> Result<Vec<(owt_key, owt_val)>> {
     let mut out = Vec::new();
     for k in map.keys() {
         if let Some(v) = map.lookup(&k, MapFlags::ANY).context("reading counts")? {
-            out.push((parse::<owt_key>(&k), parse::<owt_val>(&v)));
+            out.push((plain::<owt_key>(&k), plain::<owt_val>(&v)));
         }
     }
     Ok(out)
@@ -362,7 +329,7 @@ fn read_counts(map: &Map) -> Result<Vec<(owt_key, owt_val)>> {
 /// processes are alive; the symbolizer keeps the names.
 fn symbolize_user_stacks(counts: &Map, stack_map: &Map, cache: &mut StackCache, sym: &mut Symbolizer) {
     for k in counts.keys() {
-        let key = parse::<owt_key>(&k);
+        let key = plain::<owt_key>(&k);
         for (tgid, id) in [(key.t_tgid, key.t_ustack), (key.w_tgid, key.w_ustack)] {
             if id < 0 || tgid == 0 || !cache.user_done.insert((tgid, id)) {
                 continue;
@@ -463,7 +430,7 @@ fn read_stats(map: &Map) -> Result<owt_stats> {
     let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?;
     let mut sum = owt_stats::default();
     for v in per_cpu.unwrap_or_default() {
-        let s = parse::<owt_stats>(&v);
+        let s = plain::<owt_stats>(&v);
         sum.sleeps += s.sleeps;
         sum.wakeups += s.wakeups;
         sum.switch_ins += s.switch_ins;

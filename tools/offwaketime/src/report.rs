@@ -289,23 +289,7 @@ pub fn strip_tracer_frames(frames: Vec<Frame>) -> Vec<Frame> {
     frames.into_iter().skip(skip).collect()
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StackFailures {
-    /// Stack map bucket held by another stack: hash collision, long before
-    /// the map is full.
-    pub eexist: u64,
-    /// Stack map full.
-    pub enomem: u64,
-    /// Nothing readable (e.g. a user stack of a task without user space).
-    pub efault: u64,
-    pub other: u64,
-}
-
-impl StackFailures {
-    pub fn total(&self) -> u64 {
-        self.eexist + self.enomem + self.efault + self.other
-    }
-}
+pub use kdiag_shared::maps::StackFailures;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {

@@ -1,0 +1,91 @@
+//! Reading BPF maps from userspace: plain-data values as the skeleton's
+//! types, stack maps by id (each id read once), and the count of stack
+//! captures that failed, by reason.
+
+use libbpf_rs::{Map, MapCore, MapFlags};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// A value of a skeleton type from map bytes; the type's default when the
+/// bytes are short (a map of another layout must not crash the report).
+pub fn plain<T: Copy + Default>(bytes: &[u8]) -> T {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return T::default();
+    }
+    // SAFETY: T is a plain-data type from the skeleton and the length was checked.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) }
+}
+
+/// Stack ids to addresses, read from a BPF_MAP_TYPE_STACK_TRACE map once each.
+#[derive(Default)]
+pub struct StackCache {
+    addrs: HashMap<i32, Vec<u64>>,
+    /// (tgid, stack id) of user stacks already symbolized, so each is
+    /// looked up once, while its process still lives.
+    pub user_done: HashSet<(u32, i32)>,
+}
+
+impl StackCache {
+    /// The addresses of stack `id`, innermost first; empty if it is gone.
+    pub fn get(&mut self, map: &Map, id: i32) -> &[u64] {
+        self.addrs.entry(id).or_insert_with(|| {
+            map.lookup(&id.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|bytes| {
+                    bytes
+                        .chunks_exact(8)
+                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                        .take_while(|&a| a != 0)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// Failed bpf_get_stackid() calls, by errno, as the BPF side counts them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StackFailures {
+    /// Stack map bucket held by another stack: a hash collision, long
+    /// before the map is full.
+    pub eexist: u64,
+    /// Stack map full.
+    pub enomem: u64,
+    /// Nothing readable (e.g. a user stack of a task without user space).
+    pub efault: u64,
+    pub other: u64,
+}
+
+impl StackFailures {
+    pub fn total(&self) -> u64 {
+        self.eexist + self.enomem + self.efault + self.other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Default, Debug, PartialEq)]
+    #[repr(C)]
+    struct Pair {
+        a: u32,
+        b: u64,
+    }
+
+    #[test]
+    fn plain_values_and_short_bytes() {
+        let mut bytes = vec![0u8; std::mem::size_of::<Pair>()];
+        bytes[..4].copy_from_slice(&7u32.to_ne_bytes());
+        bytes[8..16].copy_from_slice(&9u64.to_ne_bytes());
+        assert_eq!(plain::<Pair>(&bytes), Pair { a: 7, b: 9 });
+        assert_eq!(plain::<Pair>(&bytes[..3]), Pair::default());
+    }
+
+    #[test]
+    fn failures_add_up() {
+        let f = StackFailures { eexist: 3, enomem: 1, efault: 2, other: 0 };
+        assert_eq!(f.total(), 6);
+    }
+}
