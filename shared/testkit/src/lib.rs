@@ -3,6 +3,7 @@
 //! other tests share the kernel), signal it, and prove that everything it
 //! held is gone afterwards.
 
+pub use libc;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -163,4 +164,28 @@ pub fn assert_released(held: &Held, timeout: Duration) {
 /// Names of loaded programs, to check that a failed start loaded nothing.
 pub fn loaded_program_names() -> Vec<String> {
     libbpf_rs::query::ProgInfoIter::default().map(|p| p.name.to_string_lossy().into_owned()).collect()
+}
+
+/// The three ways a run ends, each as a test: `detaches_after_the_duration`,
+/// `detaches_after_sigint`, `detaches_after_sigterm`, calling
+/// `check(stop, expected_stop_reason)`, where `stop` is the signal to send
+/// after the banner (None: let the duration end).
+#[macro_export]
+macro_rules! detach_tests {
+    ($check:path) => {
+        #[test]
+        fn detaches_after_the_duration() {
+            $check(None, "duration ended");
+        }
+
+        #[test]
+        fn detaches_after_sigint() {
+            $check(Some($crate::libc::SIGINT), "SIGINT received");
+        }
+
+        #[test]
+        fn detaches_after_sigterm() {
+            $check(Some($crate::libc::SIGTERM), "SIGTERM received");
+        }
+    };
 }

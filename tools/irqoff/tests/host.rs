@@ -145,20 +145,7 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     kdiag_testkit::assert_released(&held, Duration::from_secs(5));
 }
 
-#[test]
-fn detaches_after_the_duration() {
-    detaches_everything(None, "duration ended");
-}
-
-#[test]
-fn detaches_after_sigint() {
-    detaches_everything(Some(libc::SIGINT), "SIGINT received");
-}
-
-#[test]
-fn detaches_after_sigterm() {
-    detaches_everything(Some(libc::SIGTERM), "SIGTERM received");
-}
+kdiag_testkit::detach_tests!(detaches_everything);
 
 /// Keeps a CPU busy so that it never idles (under a hypervisor an idle
 /// vCPU's timers are served late, which is noise here), mostly in the
