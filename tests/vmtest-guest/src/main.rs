@@ -18,6 +18,7 @@
 mod backends;
 mod irqoff;
 mod kmod;
+mod blkreq;
 mod ladder;
 mod sys;
 
@@ -92,6 +93,7 @@ const TESTS: &[Test] = &[
     Test { name: "kmod-irqoff", run: kmod::irqoff_window },
     Test { name: "kmod-memory", run: kmod::memory },
     Test { name: "loop", run: kmod::loop_device },
+    Test { name: "blkreq", run: blkreq::run },
     Test { name: "irqoff", run: irqoff::run },
 ];
 
