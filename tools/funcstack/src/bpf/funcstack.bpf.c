@@ -206,26 +206,38 @@ int fs_fentry(void *ctx)
 }
 
 /* The return value sits right after the arguments; the index must be a
- * constant for the verifier, and nr_args is one once loaded. */
+ * constant for the verifier, and nr_args is one once loaded. Each case
+ * loads on its own: left alone, clang merges the cases into one load
+ * through ctx plus a computed offset, which the verifier refuses
+ * ("dereference of modified ctx ptr", EACCES at load). */
+#define RET_ARG(n)              \
+	case n:                 \
+		ret = ctx[n];   \
+		barrier_var(ret); \
+		break
+
 SEC("fexit")
 int fs_fexit(__u64 *ctx)
 {
 	__u64 ret;
 
 	switch (nr_args) {
-	case 0: ret = ctx[0]; break;
-	case 1: ret = ctx[1]; break;
-	case 2: ret = ctx[2]; break;
-	case 3: ret = ctx[3]; break;
-	case 4: ret = ctx[4]; break;
-	case 5: ret = ctx[5]; break;
-	case 6: ret = ctx[6]; break;
-	case 7: ret = ctx[7]; break;
-	case 8: ret = ctx[8]; break;
-	case 9: ret = ctx[9]; break;
-	case 10: ret = ctx[10]; break;
-	case 11: ret = ctx[11]; break;
-	default: ret = ctx[12]; break;
+	RET_ARG(0);
+	RET_ARG(1);
+	RET_ARG(2);
+	RET_ARG(3);
+	RET_ARG(4);
+	RET_ARG(5);
+	RET_ARG(6);
+	RET_ARG(7);
+	RET_ARG(8);
+	RET_ARG(9);
+	RET_ARG(10);
+	RET_ARG(11);
+	default:
+		ret = ctx[12];
+		barrier_var(ret);
+		break;
 	}
 	return record_ret(want_ip ? bpf_get_func_ip(ctx) : 0, (__s64)ret);
 }
