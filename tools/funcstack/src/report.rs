@@ -139,12 +139,16 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
 
 /// Drop the tracer's frames from the top, and the target itself when it
 /// is the first frame left (kprobes and fentry see it, tracepoints not):
-/// every backend then shows the same callers.
+/// every backend then shows the same callers. ftrace's function tracer
+/// puts its trampoline above the target, unnamed: `[FTRACE TRAMPOLINE]`
+/// (6.12) or a bare address (6.1).
 pub fn trim(frames: Vec<Frame>, target: &str) -> Vec<Frame> {
     let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
     let mut rest: Vec<Frame> = frames.into_iter().skip(skip).collect();
-    if rest.first().and_then(|f| f.sym.as_deref()) == Some(target) {
-        rest.remove(0);
+    let unnamed = |f: &Frame| f.sym.as_deref().is_none_or(|s| s.starts_with('[') || s.starts_with("0x"));
+    let trampolines = rest.iter().take_while(|f| unnamed(f)).count();
+    if rest.get(trampolines).and_then(|f| f.sym.as_deref()) == Some(target) {
+        rest.drain(..=trampolines);
     }
     rest
 }
@@ -354,6 +358,14 @@ mod tests {
         let st = vec![f("trace_event_raw_event_block_rq"), f("blk_account_io_start"), f("ftrace_x")];
         let names: Vec<_> = trim(st, "block_io_start").into_iter().map(|f| f.sym.unwrap()).collect();
         assert_eq!(names, ["blk_account_io_start", "ftrace_x"]);
+        for trampoline in [f("[FTRACE"), f("0xffffffffc04a4083"), Frame { addr: 1, sym: None, off: 0, module: None }] {
+            let st = vec![trampoline, f("vfs_fsync_range"), f("do_fsync")];
+            let names: Vec<_> = trim(st, "vfs_fsync_range").into_iter().map(|f| f.sym.unwrap()).collect();
+            assert_eq!(names, ["do_fsync"]);
+        }
+        // An unnamed frame above anything but the target stays.
+        let st = vec![Frame { addr: 1, sym: None, off: 0, module: None }, f("do_fsync")];
+        assert_eq!(trim(st, "vfs_fsync_range").len(), 2);
     }
 
     #[test]
