@@ -17,6 +17,8 @@
 
 mod backends;
 mod irqoff;
+mod offwaketime;
+mod funcstack;
 mod kmod;
 mod blkreq;
 mod ladder;
@@ -95,6 +97,8 @@ const TESTS: &[Test] = &[
     Test { name: "loop", run: kmod::loop_device },
     Test { name: "blkreq", run: blkreq::run },
     Test { name: "irqoff", run: irqoff::run },
+    Test { name: "offwaketime", run: offwaketime::run },
+    Test { name: "funcstack", run: funcstack::run },
 ];
 
 fn setup(rep: &mut Reporter) {
