@@ -21,6 +21,7 @@ mod offwaketime;
 mod funcstack;
 mod kmod;
 mod blkreq;
+mod compactwatch;
 mod ladder;
 mod sys;
 
@@ -96,6 +97,7 @@ const TESTS: &[Test] = &[
     Test { name: "kmod-memory", run: kmod::memory },
     Test { name: "loop", run: kmod::loop_device },
     Test { name: "blkreq", run: blkreq::run },
+    Test { name: "compactwatch", run: compactwatch::run },
     Test { name: "irqoff", run: irqoff::run },
     Test { name: "offwaketime", run: offwaketime::run },
     Test { name: "funcstack", run: funcstack::run },

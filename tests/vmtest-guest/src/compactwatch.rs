@@ -1,0 +1,151 @@
+//! compactwatch against order-5 allocations the test module makes from
+//! this process (the module allocates in the context of the task writing
+//! its `alloc` knob, so `-p` is our own pid) right after fragmenting
+//! memory, once per GFP mode whose outcome the kernel fixes:
+//!   GFP_NOFS: direct compaction is allowed (since 4.10), so a stall with
+//!     compaction attempted and its runs, each with status and duration;
+//!   GFP_NOIO: never compacted, so "lacks __GFP_IO" is said;
+//!   GFP_KERNEL|__GFP_NORETRY: gives up once compaction has nothing left
+//!     to give, so a fail record carrying its stall.
+//! Every fail record must be followed by a verdict record.
+
+use crate::blkreq::{run_tool, Run};
+use crate::sys::{self, Kmod};
+use crate::{Ctx, Reporter};
+use serde_json::Value;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const ORDER: u32 = 5;
+/// As in the kmod-memory check: too little under the min watermark to
+/// hold a free block of ORDER for the fragmenter to miss.
+const MIN_FREE_KB: &str = "1024";
+
+/// Fragment, then `count` allocations of ORDER with `gfp`, all held until
+/// the last, from this thread.
+fn allocate(gfp: &str, count: u32) -> Result<(u64, u64), String> {
+    let r = || -> std::io::Result<(u64, u64)> {
+        Kmod::set("fragment", 1)?;
+        Kmod::set("alloc_order", ORDER)?;
+        Kmod::set("alloc_count", count)?;
+        Kmod::set("alloc_gfp", gfp)?;
+        Kmod::set("alloc", 1)?;
+        let r = (Kmod::get("alloc_ok")?, Kmod::get("alloc_failed")?);
+        // Give back the held pages now so the tool itself is not starved.
+        Kmod::set("fragment", 0)?;
+        // Let the tool read its ring before it is interrupted.
+        thread::sleep(Duration::from_secs(1));
+        Ok(r)
+    };
+    r().map_err(|e| format!("driving kdiag_test: {e}"))
+}
+
+fn brief(r: &Value) -> String {
+    let s = stall_of(r);
+    match r["type"].as_str() {
+        Some(t @ ("stall" | "fail")) => format!(
+            "{t} order {} {} attempted {} runs {} not_attempted {} outcome {}",
+            r["order"], r["gfp_text"], s["compaction_attempted"], s["runs"], s["not_attempted"], s["outcome"]
+        ),
+        Some(t) => t.to_string(),
+        None => "?".into(),
+    }
+}
+
+/// Every fail record has a verdict record after it.
+fn verdicts_follow(records: &[Value]) -> bool {
+    records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r["type"] == "fail")
+        .all(|(i, _)| records[i + 1..].iter().any(|r| r["type"] == "verdict"))
+}
+
+/// A stall record, or the stall a fail record carries.
+fn stall_of(r: &Value) -> &Value {
+    if r["type"] == "fail" {
+        &r["stall"]
+    } else {
+        r
+    }
+}
+
+fn not_attempted(r: &Value) -> Option<&str> {
+    stall_of(r)["not_attempted"].as_str()
+}
+
+fn case(rep: &mut Reporter, gfp: &str, count: u32, judge: fn(&[Value]) -> bool) {
+    let name = format!("compactwatch.{}", gfp.replace(',', "+"));
+    let pid = std::process::id().to_string();
+    let order = ORDER.to_string();
+    let args = ["--order", &order, "--json", "-p", &pid, "20"];
+    let t = Instant::now();
+    let (run, alloc): (Run, _) =
+        match run_tool("/bin/compactwatch", &args, true, Duration::from_secs(20), || allocate(gfp, count)) {
+            Ok(r) => r,
+            Err(e) => return rep.fail(&name, e),
+        };
+    let (ok_n, failed_n) = match alloc {
+        Ok(r) => r,
+        Err(e) => return rep.fail(&name, format!("{e}; tool: {}", run.why())),
+    };
+    if !run.ok() {
+        return rep.fail(&name, format!("compactwatch {}: {}", args.join(" "), run.why()));
+    }
+    let records = run.json();
+    let mine: Vec<Value> =
+        records.iter().filter(|r| r["type"] != "fail" || r["order"].as_u64() == Some(ORDER as u64)).cloned().collect();
+    let good = judge(&mine) && verdicts_follow(&mine);
+    let detail = format!(
+        "{count} x order {ORDER} {gfp}: {ok_n} allocated, {failed_n} failed; {} records ({} fail, {} stall, {} verdict) \
+         in {:.1} s: [{}]; {}",
+        records.len(),
+        records.iter().filter(|r| r["type"] == "fail").count(),
+        records.iter().filter(|r| r["type"] == "stall").count(),
+        records.iter().filter(|r| r["type"] == "verdict").count(),
+        t.elapsed().as_secs_f64(),
+        records.iter().filter(|r| r["type"] != "verdict").take(4).map(brief).collect::<Vec<_>>().join("; "),
+        records.iter().find(|r| r["type"] == "summary").map(|r| r.to_string()).unwrap_or_else(|| "no summary".into())
+    );
+    rep.result(&name, good, detail)
+}
+
+pub fn run(_: &Ctx, rep: &mut Reporter) {
+    if !Kmod::loaded() {
+        return rep.fail("compactwatch", "kdiag_test is not loaded");
+    }
+    let min_free = sys::read("/proc/sys/vm/min_free_kbytes");
+    if let Err(e) = sys::sysctl("vm.min_free_kbytes", MIN_FREE_KB) {
+        return rep.fail("compactwatch", e.to_string());
+    }
+    // When even compaction cannot make the block, the stall comes inside
+    // the fail record: either way it must show the compaction runs.
+    // Reclaim, kcompactd or the tool's own exit-time frees can leave the
+    // first few blocks to the fast path or find compaction "not needed";
+    // with each one held, later ones must compact.
+    case(rep, "nofs", 64, |rs| {
+        rs.iter().any(|r| {
+            let s = stall_of(r);
+            ["stall", "fail"].contains(&r["type"].as_str().unwrap_or(""))
+                && s["compaction_attempted"] == true
+                && s["runs"].as_array().is_some_and(|runs| {
+                    !runs.is_empty() && runs.iter().all(|x| x["status"].is_string() && x["duration_us"].is_u64())
+                })
+        })
+    });
+    case(rep, "noio", 1, |rs| rs.iter().any(|r| not_attempted(r).is_some_and(|w| w.contains("lacks __GFP_IO"))));
+    // Compaction can still free one block of ORDER (6.12 does): keep
+    // asking while holding each, until it has nothing left to give.
+    case(rep, "kernel,noretry", 1024, |rs| rs.iter().any(|r| r["type"] == "fail" && r["stall"].is_object()));
+    // Leave memory as the other tests expect it, and fork() working.
+    let released = Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"));
+    if let Ok(v) = &min_free {
+        let _ = sys::sysctl("vm.min_free_kbytes", v);
+    }
+    let fork = std::process::Command::new("/init").arg("noop").status().map(|s| s.success());
+    rep.result(
+        "compactwatch.restore",
+        matches!(released, Ok(0)) && matches!(fork, Ok(true)),
+        format!("{released:?} pages still held, fork: {fork:?}"),
+    );
+}
