@@ -38,6 +38,18 @@ struct Head<'a> {
     rest: &'a str,
 }
 
+/// ftrace prints `<...>` for a task its saved_cmdlines cache no longer
+/// holds (seen on 6.1 for a short-lived thread); the task itself, read
+/// while tracing and usually still alive, knows its name.
+fn resolve_comm(comm: &str, tid: u32) -> String {
+    if comm != "<...>" {
+        return comm.to_string();
+    }
+    std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| comm.to_string())
+}
+
 /// Parse the head of a trace line. The command name may hold spaces,
 /// dashes and brackets, so the line is split at the CPU field, the first
 /// `[digits]` preceded by `-TID` or `-TID (TGID)`.
@@ -123,7 +135,7 @@ impl Parser {
         let Some(h) = head(line) else { return };
         if h.rest.trim() == "<stack trace>" {
             self.pending = Some(Sample {
-                comm: h.comm.to_string(),
+                comm: resolve_comm(h.comm, h.tid),
                 tid: h.tid,
                 tgid: h.tgid,
                 cpu: h.cpu,
@@ -269,6 +281,15 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_comm_is_asked_of_the_task() {
+        let me = std::process::id();
+        let mine = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(resolve_comm("<...>", me), mine.trim_end());
+        assert_eq!(resolve_comm("umount", me), "umount");
+        assert_eq!(resolve_comm("<...>", u32::MAX), "<...>");
+    }
 
     /// Real output of this host's event tracer (stacktrace option) and the
     /// layout of the function tracer's func_stack_trace records.
