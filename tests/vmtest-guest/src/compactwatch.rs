@@ -9,7 +9,7 @@
 //!     to give, so a fail record carrying its stall.
 //! Every fail record must be followed by a verdict record.
 
-use crate::blkreq::{run_tool, Run};
+use crate::tool::{run_tool, Run};
 use crate::sys::{self, Kmod};
 use crate::{Ctx, Reporter};
 use serde_json::Value;

@@ -6,7 +6,10 @@
 //! that the host cannot run (fentry, kprobe, kprobe-multi, ftrace) traces
 //! the same calls here.
 
-use crate::offwaketime::{set_comm, trace, Traced};
+use crate::tool::{run_tool, set_comm, Run};
+
+/// After SIGINT the tool reads its maps and symbolizes; give it time.
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::{Ctx, Reporter};
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
@@ -63,16 +66,16 @@ fn describe(s: &Value) -> String {
 }
 
 /// The tool's run, or a FAIL line and None.
-fn traced(rep: &mut Reporter, name: &str, args: &[&str]) -> Option<(Traced, Vec<Value>, Value)> {
-    checked(rep, name, args, trace("/bin/funcstack", args, fsyncs))
+fn traced(rep: &mut Reporter, name: &str, args: &[&str]) -> Option<(Run, Vec<Value>, Value)> {
+    checked(rep, name, args, run_tool("/bin/funcstack", args, true, STOP_LIMIT, fsyncs))
 }
 
 fn checked(
     rep: &mut Reporter,
     name: &str,
     args: &[&str],
-    run: Result<(Traced, Result<(), String>), String>,
-) -> Option<(Traced, Vec<Value>, Value)> {
+    run: Result<(Run, Result<(), String>), String>,
+) -> Option<(Run, Vec<Value>, Value)> {
     let run = match run {
         Ok((run, Ok(()))) => run,
         Ok((run, Err(e))) => {
@@ -137,14 +140,14 @@ fn fsync_stacks(records: &[Value], target: &str) -> (u64, Vec<String>) {
 }
 
 /// On failure, what the tool said and counted.
-fn more(ok: bool, run: &Traced, summary: &Value) -> String {
+fn more(ok: bool, run: &Run, summary: &Value) -> String {
     if ok {
         return String::new();
     }
     format!("; summary {summary}; stderr: {}", run.stderr.join(" | "))
 }
 
-fn banner_says(run: &Traced, want: &str) -> bool {
+fn banner_says(run: &Run, want: &str) -> bool {
     run.stderr.iter().any(|l| l.contains(&format!("backend {want} (")))
 }
 
@@ -215,7 +218,7 @@ fn ftrace(rep: &mut Reporter, name: &str) {
     let pid = std::process::id().to_string();
     let args = ["--backend", "ftrace", "-p", &pid, "--json", FUNC];
     let mut held = None;
-    let run = trace("/bin/funcstack", &args, || {
+    let run = run_tool("/bin/funcstack", &args, true, STOP_LIMIT, || {
         let (r, h) = fsyncs_in_thread();
         held = h;
         r

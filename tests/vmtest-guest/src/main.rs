@@ -24,6 +24,7 @@ mod blkreq;
 mod compactwatch;
 mod ladder;
 mod sys;
+mod tool;
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};

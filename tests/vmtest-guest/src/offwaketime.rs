@@ -6,21 +6,16 @@
 //! and reads its first argument as the task switched out. If the clone's
 //! arguments were rearranged, the reader's sleeps would not be found or not
 //! be paired with the writer, and this test is what notices.
-//!
-//! `trace` is also funcstack's: start a tool, wait for its banner, run a
-//! workload in this process, stop the tool, collect what it printed.
 
+use crate::tool::{run_tool, set_comm};
 use crate::{Ctx, Reporter};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, ExitStatus, Stdio};
+use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Attaching under emulation takes seconds (BTF, kallsyms, verifier).
-const START_LIMIT: Duration = Duration::from_secs(60);
-/// After SIGINT the tool reads its maps and symbolizes; give it as long.
+/// After SIGINT the tool reads its maps and symbolizes; give it time.
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 
 const READER: &str = "owt-reader";
@@ -28,111 +23,7 @@ const WRITER: &str = "owt-writer";
 const SLEEP_MS: u64 = 50;
 const ROUNDS: u64 = 10;
 
-pub struct Traced {
-    /// None: still running after STOP_LIMIT, killed.
-    pub status: Option<ExitStatus>,
-    pub stdout: Vec<String>,
-    pub stderr: Vec<String>,
-    pub secs: f64,
-}
 
-impl Traced {
-    pub fn json(&self) -> Vec<Value> {
-        self.stdout.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    pub fn ok(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
-    /// Exit status and the end of stderr, for a FAIL line.
-    pub fn why(&self) -> String {
-        let status = self.status.map(|s| s.to_string()).unwrap_or_else(|| "killed: did not stop".into());
-        let tail: Vec<&str> = self.stderr.iter().rev().take(4).rev().map(String::as_str).collect();
-        format!("{status} after {:.1} s; stderr: {}", self.secs, tail.join(" | "))
-    }
-}
-
-enum Line {
-    Out(String),
-    Err(String),
-}
-
-/// Run `bin args`, call `work` once its banner says it is attached ("Ctrl-C
-/// to end."), then SIGINT it and collect its output. Err when it never got
-/// that far.
-pub fn trace<T>(bin: &str, args: &[&str], work: impl FnOnce() -> T) -> Result<(Traced, T), String> {
-    let t = Instant::now();
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {bin}: {e}"))?;
-    let (tx, rx) = mpsc::channel();
-    let tx2 = tx.clone();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let readers = [
-        thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(Line::Out(l))))),
-        thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(Line::Err(l))))),
-    ];
-    let mut traced = Traced { status: None, stdout: Vec::new(), stderr: Vec::new(), secs: 0.0 };
-    let mut ready = false;
-    while !ready && t.elapsed() < START_LIMIT {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Line::Err(l)) => {
-                ready = l.contains("Ctrl-C to end.");
-                traced.stderr.push(l);
-            }
-            Ok(Line::Out(l)) => traced.stdout.push(l),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    if !ready {
-        let _ = child.kill();
-        let status = child.wait();
-        return Err(format!(
-            "{bin} {}: no banner after {:.1} s ({status:?}); stderr: {}",
-            args.join(" "),
-            t.elapsed().as_secs_f64(),
-            traced.stderr.join(" | ")
-        ));
-    }
-    let result = work();
-    // SAFETY: kill(2) on our own child, which has not been waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let stop = Instant::now();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Line::Out(l)) => traced.stdout.push(l),
-            Ok(Line::Err(l)) => traced.stderr.push(l),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) if stop.elapsed() > STOP_LIMIT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                traced.secs = t.elapsed().as_secs_f64();
-                return Ok((traced, result));
-            }
-            Err(_) => {}
-        }
-    }
-    for r in readers {
-        let _ = r.join();
-    }
-    traced.status = child.wait().ok();
-    traced.secs = t.elapsed().as_secs_f64();
-    Ok((traced, result))
-}
-
-/// Name the calling thread as the kernel reports it (comm).
-pub fn set_comm(name: &str) {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of up to 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
-}
 
 pub fn gettid() -> i32 {
     // SAFETY: gettid takes no arguments and cannot fail.
@@ -213,7 +104,7 @@ fn check(rep: &mut Reporter, name: &str, forced: Option<&str>, want: &str) {
         args.extend(["--backend", b]);
     }
     args.extend(["-p", &pid, "--json"]);
-    let (run, slept) = match trace("/bin/offwaketime", &args, pipe_rounds) {
+    let (run, slept) = match run_tool("/bin/offwaketime", &args, true, STOP_LIMIT, pipe_rounds) {
         Ok((run, Ok(slept))) => (run, slept),
         Ok((run, Err(e))) => return rep.fail(name, format!("workload: {e}; tool: {}", run.why())),
         Err(e) => return rep.fail(name, e),
