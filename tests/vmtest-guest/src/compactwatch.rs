@@ -74,8 +74,21 @@ fn not_attempted(r: &Value) -> Option<&str> {
     stall_of(r)["not_attempted"].as_str()
 }
 
-fn case(rep: &mut Reporter, gfp: &str, count: u32, judge: fn(&[Value]) -> bool) {
+/// Run a case up to `attempts` times until `judge` is satisfied. Whether
+/// the kernel compacts or defers depends on what earlier tests left in its
+/// per-zone deferral state; every try counts toward lifting a deferral, and
+/// the record says how many it took.
+fn case(rep: &mut Reporter, gfp: &str, count: u32, attempts: u32, judge: fn(&[Value]) -> bool) {
     let name = format!("compactwatch.{}", gfp.replace(',', "+"));
+    for attempt in 1..=attempts {
+        let (good, detail) = try_case(gfp, count, judge);
+        if good || attempt == attempts {
+            return rep.result(&name, good, format!("try {attempt} of {attempts}: {detail}"));
+        }
+    }
+}
+
+fn try_case(gfp: &str, count: u32, judge: fn(&[Value]) -> bool) -> (bool, String) {
     let pid = std::process::id().to_string();
     let order = ORDER.to_string();
     let args = ["--order", &order, "--json", "-p", &pid, "20"];
@@ -83,14 +96,14 @@ fn case(rep: &mut Reporter, gfp: &str, count: u32, judge: fn(&[Value]) -> bool) 
     let (run, alloc): (Run, _) =
         match run_tool("/bin/compactwatch", &args, true, Duration::from_secs(20), || allocate(gfp, count)) {
             Ok(r) => r,
-            Err(e) => return rep.fail(&name, e),
+            Err(e) => return (false, e),
         };
     let (ok_n, failed_n) = match alloc {
         Ok(r) => r,
-        Err(e) => return rep.fail(&name, format!("{e}; tool: {}", run.why())),
+        Err(e) => return (false, format!("{e}; tool: {}", run.why())),
     };
     if !run.ok() {
-        return rep.fail(&name, format!("compactwatch {}: {}", args.join(" "), run.why()));
+        return (false, format!("compactwatch {}: {}", args.join(" "), run.why()));
     }
     let records = run.json();
     let mine: Vec<Value> =
@@ -107,7 +120,7 @@ fn case(rep: &mut Reporter, gfp: &str, count: u32, judge: fn(&[Value]) -> bool) 
         records.iter().filter(|r| r["type"] != "verdict").take(4).map(brief).collect::<Vec<_>>().join("; "),
         records.iter().find(|r| r["type"] == "summary").map(|r| r.to_string()).unwrap_or_else(|| "no summary".into())
     );
-    rep.result(&name, good, detail)
+    (good, detail)
 }
 
 pub fn run(_: &Ctx, rep: &mut Reporter) {
@@ -123,7 +136,7 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
     // Reclaim, kcompactd or the tool's own exit-time frees can leave the
     // first few blocks to the fast path or find compaction "not needed";
     // with each one held, later ones must compact.
-    case(rep, "nofs", 64, |rs| {
+    case(rep, "nofs", 64, 3, |rs| {
         rs.iter().any(|r| {
             let s = stall_of(r);
             ["stall", "fail"].contains(&r["type"].as_str().unwrap_or(""))
@@ -133,10 +146,10 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
                 })
         })
     });
-    case(rep, "noio", 1, |rs| rs.iter().any(|r| not_attempted(r).is_some_and(|w| w.contains("lacks __GFP_IO"))));
+    case(rep, "noio", 1, 1, |rs| rs.iter().any(|r| not_attempted(r).is_some_and(|w| w.contains("lacks __GFP_IO"))));
     // Compaction can still free one block of ORDER (6.12 does): keep
     // asking while holding each, until it has nothing left to give.
-    case(rep, "kernel,noretry", 1024, |rs| rs.iter().any(|r| r["type"] == "fail" && r["stall"].is_object()));
+    case(rep, "kernel,noretry", 1024, 1, |rs| rs.iter().any(|r| r["type"] == "fail" && r["stall"].is_object()));
     // Leave memory as the other tests expect it, and fork() working.
     let released = Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"));
     if let Ok(v) = &min_free {
