@@ -4,19 +4,10 @@
 
 use kdiag_shared::flame::folded_frame;
 use kdiag_shared::symbolize::Frame;
-use kdiag_shared::Errno;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 
-/// One captured stack, as far as it could be had.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stack {
-    /// Not asked for (no -U, a kernel thread's user stack).
-    NotTaken,
-    Failed(Errno),
-    /// Innermost frame first.
-    Frames(Vec<Frame>),
-}
+pub use kdiag_shared::symbolize::Stack;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Entry {
@@ -30,43 +21,8 @@ pub struct Entry {
     pub tid: u32,
     pub cpus: BTreeSet<u32>,
     pub count: u64,
-    #[serde(serialize_with = "stack_json")]
     pub kernel_stack: Stack,
-    #[serde(serialize_with = "stack_json")]
     pub user_stack: Stack,
-}
-
-/// Frames as JSON, or {"error": "EEXIST"}, or null when not taken.
-fn stack_json<S: serde::Serializer>(st: &Stack, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    match st {
-        Stack::NotTaken => s.serialize_none(),
-        Stack::Frames(f) => f.serialize(s),
-        Stack::Failed(e) => {
-            let mut m = s.serialize_map(Some(1))?;
-            m.serialize_entry("error", &e.to_string())?;
-            m.end()
-        }
-    }
-}
-
-fn frame_name(f: &Frame, kernel: bool) -> String {
-    match (&f.sym, &f.module) {
-        (None, _) => "[unknown]".to_string(),
-        (Some(s), Some(m)) if kernel => format!("{s} [{m}]"),
-        (Some(s), _) => s.clone(),
-    }
-}
-
-/// Names of one stack, innermost first; a failed capture is one line.
-fn names(st: &Stack, kernel: bool) -> Vec<String> {
-    let what = if kernel { "Kernel" } else { "User" };
-    match st {
-        Stack::NotTaken => vec![],
-        Stack::Failed(e) => vec![format!("[Missed {what} Stack: {e}]")],
-        Stack::Frames(f) if f.is_empty() => vec![format!("[Missed {what} Stack]")],
-        Stack::Frames(f) => f.iter().map(|f| frame_name(f, kernel)).collect(),
-    }
 }
 
 fn cpu_list(cpus: &BTreeSet<u32>) -> String {
@@ -76,10 +32,10 @@ fn cpu_list(cpus: &BTreeSet<u32>) -> String {
 impl Entry {
     pub fn text(&self) -> String {
         let mut out = format!("  {}\n", self.target);
-        for n in names(&self.kernel_stack, true) {
+        for n in self.kernel_stack.names(true) {
             out.push_str(&format!("    {n}\n"));
         }
-        let user = names(&self.user_stack, false);
+        let user = self.user_stack.names(false);
         if !user.is_empty() {
             out.push_str("    --\n");
             for n in user {
@@ -96,8 +52,8 @@ impl Entry {
     /// target as the leaf, so the flame graph's tips are the target.
     pub fn folded(&self) -> String {
         let mut parts = vec![self.comm.clone()];
-        parts.extend(names(&self.user_stack, false).into_iter().rev());
-        parts.extend(names(&self.kernel_stack, true).into_iter().rev());
+        parts.extend(self.user_stack.names(false).into_iter().rev());
+        parts.extend(self.kernel_stack.names(true).into_iter().rev());
         parts.push(self.target.clone());
         let line: Vec<String> = parts.iter().map(|p| folded_frame(p)).collect();
         format!("{} {}", line.join(";"), self.count)
@@ -109,8 +65,8 @@ impl Entry {
             self.target,
             self.tid,
             self.comm,
-            names(&self.kernel_stack, true).join(";"),
-            names(&self.user_stack, false).join(";")
+            self.kernel_stack.names(true).join(";"),
+            self.user_stack.names(false).join(";")
         )
     }
 }
@@ -297,6 +253,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kdiag_shared::Errno;
 
     fn f(sym: &str) -> Frame {
         Frame { addr: 0, sym: Some(sym.into()), off: 0, module: None }

@@ -3,19 +3,9 @@
 //! the summary at exit.
 
 use kdiag_shared::symbolize::Frame;
-use kdiag_shared::Errno;
 use serde::Serialize;
 
-/// One captured stack, as far as it could be had.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stack {
-    /// Not asked for (-K/-U, a kernel thread's user stack, user space under
-    /// an interrupt).
-    NotTaken,
-    Failed(Errno),
-    /// Innermost frame first.
-    Frames(Vec<Frame>),
-}
+pub use kdiag_shared::symbolize::Stack;
 
 /// Where the wakeup ran.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,9 +26,7 @@ pub struct Side {
     pub comm: String,
     pub pid: u32,
     pub tgid: u32,
-    #[serde(serialize_with = "stack_json")]
     pub kernel_stack: Stack,
-    #[serde(serialize_with = "stack_json")]
     pub user_stack: Stack,
     /// The user stack stops short of its thread's start: most likely code
     /// built without frame pointers.
@@ -66,44 +54,11 @@ pub struct Entry {
     pub waker: Waker,
 }
 
-/// Frames as JSON, or {"error": "EEXIST"}, or null when not taken.
-fn stack_json<S: serde::Serializer>(st: &Stack, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    match st {
-        Stack::NotTaken => s.serialize_none(),
-        Stack::Frames(f) => f.serialize(s),
-        Stack::Failed(e) => {
-            let mut m = s.serialize_map(Some(1))?;
-            m.serialize_entry("error", &e.to_string())?;
-            m.end()
-        }
-    }
-}
-
 /// Which stacks the user asked to see, and whether to mark the
 /// kernel/user boundary.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Layout {
     pub delimited: bool,
-}
-
-fn frame_name(f: &Frame, kernel: bool) -> String {
-    match (&f.sym, &f.module) {
-        (None, _) => "[unknown]".to_string(),
-        (Some(s), Some(m)) if kernel => format!("{s} [{m}]"),
-        (Some(s), _) => s.clone(),
-    }
-}
-
-/// Names of one stack, innermost first; a failed capture is one line.
-fn names(st: &Stack, kernel: bool) -> Vec<String> {
-    let what = if kernel { "Kernel" } else { "User" };
-    match st {
-        Stack::NotTaken => vec![],
-        Stack::Failed(e) => vec![format!("[Missed {what} Stack: {e}]")],
-        Stack::Frames(f) if f.is_empty() => vec![format!("[Missed {what} Stack]")],
-        Stack::Frames(f) => f.iter().map(|f| frame_name(f, kernel)).collect(),
-    }
 }
 
 impl Waker {
@@ -139,8 +94,8 @@ impl Entry {
         let w = &self.waker;
         let who = if w.context == Context::Task { format!("{} {}", w.side.comm, w.side.pid) } else { w.label() };
         out.push_str(&format!("    {:<16} {}\n", "waker:", who));
-        let wu: Vec<String> = names(&w.side.user_stack, false).into_iter().rev().collect();
-        let wk: Vec<String> = names(&w.side.kernel_stack, true).into_iter().rev().collect();
+        let wu: Vec<String> = w.side.user_stack.names(false).into_iter().rev().collect();
+        let wk: Vec<String> = w.side.kernel_stack.names(true).into_iter().rev().collect();
         push_lines(&mut out, &wu);
         if layout.delimited && !wu.is_empty() && !wk.is_empty() {
             out.push_str("    -\n");
@@ -148,8 +103,8 @@ impl Entry {
         push_lines(&mut out, &wk);
         out.push_str(&format!("    {:<16} {}\n", "--", "--"));
         let s = &self.sleeper;
-        let sk = names(&s.kernel_stack, true);
-        let su = names(&s.user_stack, false);
+        let sk = s.kernel_stack.names(true);
+        let su = s.user_stack.names(false);
         push_lines(&mut out, &sk);
         if layout.delimited && !sk.is_empty() && !su.is_empty() {
             out.push_str("    -\n");
@@ -173,8 +128,8 @@ impl Entry {
         let s = &self.sleeper;
         let w = &self.waker;
         let mut parts = vec![s.comm.clone()];
-        let su: Vec<String> = names(&s.user_stack, false).into_iter().rev().collect();
-        let sk: Vec<String> = names(&s.kernel_stack, true).into_iter().rev().collect();
+        let su: Vec<String> = s.user_stack.names(false).into_iter().rev().collect();
+        let sk: Vec<String> = s.kernel_stack.names(true).into_iter().rev().collect();
         let delim = |a: &[String], b: &[String]| layout.delimited && !a.is_empty() && !b.is_empty();
         let d1 = delim(&su, &sk);
         parts.extend(su);
@@ -183,8 +138,8 @@ impl Entry {
         }
         parts.extend(sk);
         parts.push("--".into());
-        let wk = names(&w.side.kernel_stack, true);
-        let wu = names(&w.side.user_stack, false);
+        let wk = w.side.kernel_stack.names(true);
+        let wu = w.side.user_stack.names(false);
         let d2 = delim(&wk, &wu);
         parts.extend(wk);
         if d2 {
@@ -373,6 +328,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kdiag_shared::Errno;
 
     fn f(sym: &str) -> Frame {
         Frame { addr: 0x1000, sym: Some(sym.into()), off: 0, module: None }
