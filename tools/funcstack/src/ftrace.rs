@@ -57,17 +57,27 @@ fn head(line: &str) -> Option<Head<'_>> {
     let mut from = 0;
     while let Some(i) = line[from..].find('[').map(|i| i + from) {
         from = i + 1;
-        let Some(close) = line[i..].find(']').map(|c| c + i) else { break };
-        let Ok(cpu) = line[i + 1..close].parse::<u32>() else { continue };
+        let Some(close) = line[i..].find(']').map(|c| c + i) else {
+            break;
+        };
+        let Ok(cpu) = line[i + 1..close].parse::<u32>() else {
+            continue;
+        };
         let mut task = line[..i].trim_end();
         let mut tgid = None;
         if let Some(t) = task.strip_suffix(')') {
-            let Some((before, inside)) = t.rsplit_once('(') else { continue };
+            let Some((before, inside)) = t.rsplit_once('(') else {
+                continue;
+            };
             tgid = inside.trim().parse::<u32>().ok();
             task = before.trim_end();
         }
-        let Some((comm, tid)) = task.rsplit_once('-') else { continue };
-        let Ok(tid) = tid.parse::<u32>() else { continue };
+        let Some((comm, tid)) = task.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(tid) = tid.parse::<u32>() else {
+            continue;
+        };
         let after = &line[close + 1..];
         let rest = after.find(": ").map(|c| &after[c + 2..]).unwrap_or("");
         return Some(Head { comm: comm.trim_start(), tid, tgid, cpu, rest });
@@ -101,7 +111,9 @@ pub struct Parser {
 impl Parser {
     pub fn feed(&mut self, text: &str, out: &mut Vec<Sample>) {
         self.partial.push_str(text);
-        let Some(end) = self.partial.rfind('\n') else { return };
+        let Some(end) = self.partial.rfind('\n') else {
+            return;
+        };
         let complete: String = self.partial.drain(..=end).collect();
         for line in complete.lines() {
             self.line(line, out);
@@ -153,6 +165,43 @@ pub struct Session {
     pipe: Option<File>,
     parser: Parser,
     samples: Vec<Sample>,
+    /// What the kernel itself filtered on, and so holds for every sample.
+    pub scope: Scope,
+}
+
+/// -p and -c. Given to the kernel where it can filter (pid lists for both
+/// tracers, a `comm ==` filter for events), because the task may be gone by
+/// the time its line is read, and then neither its process nor (when
+/// ftrace prints `<...>`) its name can be looked up any more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+/// The threads of process `pid` now.
+fn threads(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
+    dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Restrict the tracer to process `pid`: its threads now, and through the
+/// fork option every task they start from here on. The threads are listed
+/// again after the fork option is on, for one started in between.
+fn limit_to_process(inst: &Instance, pids_file: &str, fork_option: &str, pid: u32) -> Result<(), String> {
+    let first = threads(pid);
+    if first.is_empty() {
+        return Err(format!("process {pid} is gone"));
+    }
+    set(inst, pids_file, &first.join(" "))?;
+    set(inst, fork_option, "1")?;
+    let late: Vec<String> = threads(pid).into_iter().filter(|t| !first.contains(t)).collect();
+    if !late.is_empty() {
+        inst.append(pids_file, &late.join(" ")).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn set(inst: &Instance, file: &str, value: &str) -> Result<(), String> {
@@ -163,7 +212,9 @@ impl Session {
     /// Set up the instance and start tracing. Nothing is traced until the
     /// filter is in place: a function tracer without one would trace every
     /// function in the kernel.
-    pub fn start(tracefs: &Path, target: &Resolved, glob: Option<&str>) -> Result<Self, String> {
+    /// `want` is what the caller filters on; what the kernel took over is in
+    /// the session's `scope`, and the caller need not check that again.
+    pub fn start(tracefs: &Path, target: &Resolved, glob: Option<&str>, want: &Scope) -> Result<Self, String> {
         let inst = Instance::create(tracefs, "funcstack")?;
         set(&inst, "tracing_on", "0")?;
         // Stacks are big records; the default buffer overruns quickly.
@@ -177,6 +228,7 @@ impl Session {
         let me = std::process::id().to_string();
         let _ = inst.write("set_ftrace_notrace_pid", &me);
         let _ = inst.write("set_event_notrace_pid", &me);
+        let mut scope = Scope::default();
         match target {
             Resolved::Functions { names, .. } => {
                 let tracers = inst.read("available_tracers").unwrap_or_default();
@@ -202,14 +254,30 @@ impl Session {
                         }
                     }
                 }
-                let filter = inst.read("set_ftrace_filter").map_err(|e| format!("cannot read set_ftrace_filter: {e}"))?;
+                let filter =
+                    inst.read("set_ftrace_filter").map_err(|e| format!("cannot read set_ftrace_filter: {e}"))?;
                 if filter.lines().all(|l| l.starts_with('#') || l.trim().is_empty()) {
                     return Err("the function filter came out empty: ftrace cannot trace these functions".into());
+                }
+                if let Some(p) = want.pid {
+                    limit_to_process(&inst, "set_ftrace_pid", "options/function-fork", p)?;
+                    scope.pid = Some(p);
                 }
                 set(&inst, "current_tracer", "function")?;
                 set(&inst, "options/func_stack_trace", "1")?;
             }
             Resolved::Tracepoint { group, name } => {
+                if let Some(p) = want.pid {
+                    limit_to_process(&inst, "set_event_pid", "options/event-fork", p)?;
+                    scope.pid = Some(p);
+                }
+                // `comm` is a field every event can be filtered on; a kernel
+                // that refuses it leaves the check to the caller.
+                if let Some(c) = &want.comm {
+                    if inst.write(&format!("events/{group}/{name}/filter"), &format!("comm == \"{c}\"")).is_ok() {
+                        scope.comm = Some(c.clone());
+                    }
+                }
                 set(&inst, "options/stacktrace", "1")?;
                 set(&inst, &format!("events/{group}/{name}/enable"), "1")?;
             }
@@ -220,12 +288,14 @@ impl Session {
             .open(inst.path().join("trace_pipe"))
             .map_err(|e| format!("cannot open trace_pipe: {e}"))?;
         set(&inst, "tracing_on", "1")?;
-        Ok(Session { inst, pipe: Some(pipe), parser: Parser::default(), samples: vec![] })
+        Ok(Session { inst, pipe: Some(pipe), parser: Parser::default(), samples: vec![], scope })
     }
 
     /// Read what trace_pipe has, waiting up to `timeout` for the first data.
     pub fn poll(&mut self, timeout: Duration) -> Result<(), String> {
-        let Some(pipe) = &self.pipe else { return Ok(()) };
+        let Some(pipe) = &self.pipe else {
+            return Ok(());
+        };
         let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
@@ -243,7 +313,9 @@ impl Session {
     /// tracing, a target hit by our own reading would otherwise never let
     /// the caller look at its deadline again.
     fn drain(&mut self, budget: usize) -> Result<(), String> {
-        let Some(pipe) = &mut self.pipe else { return Ok(()) };
+        let Some(pipe) = &mut self.pipe else {
+            return Ok(());
+        };
         let mut buf = vec![0u8; 1 << 16];
         let mut taken = 0;
         loop {
@@ -265,16 +337,16 @@ impl Session {
 
     /// Stop tracing, take what is left in the buffer, and remove the
     /// instance. Returns the samples and the events the kernel lost.
-    pub fn stop(mut self) -> Result<(Vec<Sample>, u64), String> {
+    pub fn stop(mut self) -> Result<(Vec<Sample>, u64, Scope), String> {
         let _ = self.inst.write("tracing_on", "0");
         // Tracing is off: what is left is finite, and all of it is ours.
         let drained = self.drain(usize::MAX);
         self.parser.finish(&mut self.samples);
         self.pipe = None;
-        let Session { inst, parser, samples, .. } = self;
+        let Session { inst, parser, samples, scope, .. } = self;
         drop(inst);
         drained?;
-        Ok((samples, parser.lost))
+        Ok((samples, parser.lost, scope))
     }
 }
 
@@ -333,7 +405,10 @@ CPU:1 [LOST 42 EVENTS]
         assert_eq!(out[0].comm, "umount");
         assert_eq!((out[0].tid, out[0].tgid, out[0].cpu, out[0].function.as_deref()), (22772, Some(22772), 0, None));
         let names: Vec<&str> = out[0].frames.iter().map(|f| f.0.as_str()).collect();
-        assert_eq!(names, ["ftrace_syscall_enter", "syscall_trace_enter", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]);
+        assert_eq!(
+            names,
+            ["ftrace_syscall_enter", "syscall_trace_enter", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
+        );
         assert_eq!(out[1].comm, "my worker-3");
         assert_eq!((out[1].tid, out[1].tgid, out[1].cpu), (77, None, 1));
         assert_eq!(out[1].function.as_deref(), Some("vfs_fsync_range"));

@@ -14,8 +14,8 @@ mod bpf {
 use anyhow::{anyhow, bail, Context as _, Result};
 use bpf::types::{fs_key, fs_ret_key, fs_stats};
 use bpf::{FuncstackSkel, FuncstackSkelBuilder};
-use kdiag_shared::maps::{plain, StackCache};
 use kdiag_shared::backend::{self, Mechanism, ProbeError};
+use kdiag_shared::maps::{plain, StackCache};
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::{Frame, Symbolizer};
 use kdiag_shared::{flame, precheck, Errno};
@@ -136,7 +136,8 @@ fn run(cli: cli::Cli) -> Result<()> {
                     Spec::Glob(g) => Some(g.as_str()),
                     _ => None,
                 };
-                Session::Ftrace(ftrace::Session::start(t, &resolved, glob).map_err(ProbeError::Unavailable)?)
+                let want = ftrace::Scope { pid: cli.pid, comm: cli.comm.clone() };
+                Session::Ftrace(ftrace::Session::start(t, &resolved, glob, &want).map_err(ProbeError::Unavailable)?)
             }
             m => Session::Bpf(start_bpf(m, &resolved, &cli, nr_args).map_err(ProbeError::Unavailable)?),
         };
@@ -172,7 +173,9 @@ fn run(cli: cli::Cli) -> Result<()> {
         eprintln!("funcstack: {} matching functions left out, e.g. {n}: {why}", skipped.len());
     }
     let what = match &resolved {
-        Resolved::Functions { glob: true, .. } => format!("{} ({attached} functions)", spec.label()),
+        Resolved::Functions { glob: true, .. } => {
+            format!("{} ({attached} functions)", spec.label())
+        }
         _ => spec.label(),
     };
     let filter = match (cli.pid, &cli.comm) {
@@ -221,14 +224,21 @@ fn run(cli: cli::Cli) -> Result<()> {
                 if !b.want_ip {
                     return label.clone();
                 }
-                kallsyms.as_ref().and_then(|k| k.function_at(ip)).map(String::from).unwrap_or_else(|| format!("{ip:#x}"))
+                kallsyms
+                    .as_ref()
+                    .and_then(|k| k.function_at(ip))
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("{ip:#x}"))
             };
             let mut entries = Vec::new();
             for (k, per_cpu) in read_counts(&maps.counts)? {
                 let target = name_of(k.ip);
                 entries.push(to_entry(&k, per_cpu, target, &maps.stacks, &mut stacks, &mut sym));
             }
-            let rets = read_rets(&maps.rets)?.into_iter().map(|(k, n)| RetEntry::new(name_of(k.ip), ret_value(&k), n)).collect();
+            let rets = read_rets(&maps.rets)?
+                .into_iter()
+                .map(|(k, n)| RetEntry::new(name_of(k.ip), ret_value(&k), n))
+                .collect();
             let s = read_stats(&maps.stats)?;
             let summary = Summary {
                 hits: s.hits,
@@ -246,20 +256,29 @@ fn run(cli: cli::Cli) -> Result<()> {
             (entries, rets, summary)
         }
         Session::Ftrace(s) => {
-            let (samples, lost) = s.stop().map_err(|e| anyhow!(e))?;
+            let (samples, lost, scope) = s.stop().map_err(|e| anyhow!(e))?;
+            let hits = samples.len() as u64;
             let mut tgids = HashMap::new();
             let mut filtered = 0;
             let mut entries = Vec::new();
-            for smp in &samples {
-                let tgid = smp.tgid.or_else(|| *tgids.entry(smp.tid).or_insert_with(|| tgid_of(smp.tid))).unwrap_or(0);
+            for mut smp in samples {
+                // What the kernel filtered on is known, even for a task
+                // that has exited since.
+                let tgid = scope
+                    .pid
+                    .or(smp.tgid)
+                    .or_else(|| *tgids.entry(smp.tid).or_insert_with(|| tgid_of(smp.tid)))
+                    .unwrap_or(0);
+                if let Some(c) = &scope.comm {
+                    smp.comm = c.clone();
+                }
                 if cli.pid.is_some_and(|p| p != tgid) || cli.comm.as_ref().is_some_and(|c| *c != smp.comm) {
                     filtered += 1;
                     continue;
                 }
-                entries.push(ftrace_entry(smp, tgid, &label));
+                entries.push(ftrace_entry(&smp, tgid, &label));
             }
-            let summary =
-                Summary { hits: samples.len() as u64, filtered, lost_records: lost, ..Default::default() };
+            let summary = Summary { hits, filtered, lost_records: lost, ..Default::default() };
             (entries, vec![], summary)
         }
     };
@@ -410,13 +429,12 @@ fn load_and_attach(
             links.push(progs.fs_fentry.attach_trace().map_err(|e| describe(&e, "attach"))?);
         }
         (Mechanism::KprobeMulti, _) => {
-            let opts = |retprobe| libbpf_rs::KprobeMultiOpts {
-                symbols: functions.to_vec(),
-                retprobe,
-                ..Default::default()
-            };
+            let opts =
+                |retprobe| libbpf_rs::KprobeMultiOpts { symbols: functions.to_vec(), retprobe, ..Default::default() };
             if cli.ret {
-                links.push(progs.fs_kretmulti.attach_kprobe_multi_with_opts(opts(true)).map_err(|e| describe(&e, "attach"))?);
+                links.push(
+                    progs.fs_kretmulti.attach_kprobe_multi_with_opts(opts(true)).map_err(|e| describe(&e, "attach"))?,
+                );
             }
             links.push(progs.fs_kmulti.attach_kprobe_multi_with_opts(opts(false)).map_err(|e| describe(&e, "attach"))?);
         }
@@ -514,7 +532,14 @@ fn comm(c: &[i8]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn to_entry(k: &fs_key, per_cpu: Vec<u64>, target: String, map: &Map, cache: &mut StackCache, sym: &mut Symbolizer) -> Entry {
+fn to_entry(
+    k: &fs_key,
+    per_cpu: Vec<u64>,
+    target: String,
+    map: &Map,
+    cache: &mut StackCache,
+    sym: &mut Symbolizer,
+) -> Entry {
     let kernel_stack = match k.kstack {
         NOT_TAKEN => Stack::NotTaken,
         id if id < 0 => Stack::Failed(Errno(-id)),

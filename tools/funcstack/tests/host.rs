@@ -88,9 +88,21 @@ fn me() -> String {
 /// Start funcstack with `args`, run `work` once it is counting, stop it
 /// with SIGINT.
 fn trace<T>(args: &[&str], work: impl FnOnce() -> T) -> (Output, T) {
+    trace_paused(args, false, work)
+}
+
+/// As `trace`; with `paused`, funcstack is stopped while `work` runs, so it
+/// reads the events only after the tasks behind them have exited.
+fn trace_paused<T>(args: &[&str], paused: bool, work: impl FnOnce() -> T) -> (Output, T) {
     let mut r = spawn(BIN, args);
     r.wait_for_stderr(BANNER, START);
+    if paused {
+        r.signal(libc::SIGSTOP);
+    }
     let t = work();
+    if paused {
+        r.signal(libc::SIGCONT);
+    }
     r.signal(libc::SIGINT);
     let out = r.wait();
     assert!(out.status.success(), "{out:?}");
@@ -138,7 +150,10 @@ fn umount_stacks(backend: &str) {
         let pos = |name: &str| k.iter().position(|f| f == name).unwrap_or_else(|| panic!("{name} not in {k:?}"));
         assert!(pos("syscall_trace_enter") < pos("do_syscall_64"), "{k:?}");
         assert!(k.last().unwrap().starts_with("entry_SYSCALL_64"), "{k:?}");
-        assert!(!k.iter().any(|f| f.starts_with("perf_") || f.starts_with("ftrace_") || f.starts_with("bpf_")), "{k:?}");
+        assert!(
+            !k.iter().any(|f| f.starts_with("perf_") || f.starts_with("ftrace_") || f.starts_with("bpf_")),
+            "{k:?}"
+        );
     }
     // The kernel side saw at least ours (others may unmount meanwhile).
     assert!(summary["hits"].as_u64().unwrap() >= 3, "{summary}");
@@ -201,7 +216,10 @@ fn text_output_and_top_n() {
     assert!(lines[n - 2].starts_with(&format!("    fs-um-two {}/{a} CPU ", me())), "{text}");
     assert_eq!(lines[n - 1], "      2", "{text}");
     assert!(!text.contains(&format!("/{b} ")), "{text}");
-    assert!(text.contains("Total: 3 calls of tracepoint:syscalls:sys_enter_umount in 2 distinct stacks, 1 shown (-n)"), "{text}");
+    assert!(
+        text.contains("Total: 3 calls of tracepoint:syscalls:sys_enter_umount in 2 distinct stacks, 1 shown (-n)"),
+        "{text}"
+    );
     assert!(text.contains("funcstack: SIGINT received after "), "{text}");
 }
 
@@ -240,7 +258,10 @@ fn bad_targets_are_explained_in_one_line_and_attach_nothing() {
         (&["tracepoint:syscalls:sys_enter_kdiag"], "no tracepoint syscalls:sys_enter_kdiag in this kernel"),
         (&["tracepoint:kdiag:x"], "no tracepoint group 'kdiag'"),
         (&["--ret", UMOUNT], "--ret needs a function: tracepoints have no return value"),
-        (&["--backend", "fentry", UMOUNT], "backend fentry cannot trace tracepoint:syscalls:sys_enter_umount (use tracepoint or ftrace)"),
+        (
+            &["--backend", "fentry", UMOUNT],
+            "backend fentry cannot trace tracepoint:syscalls:sys_enter_umount (use tracepoint or ftrace)",
+        ),
         (&["--backend", "hw", UMOUNT], "unknown backend 'hw'"),
         (&["vfs read"], "'vfs read' is not a function name or glob"),
         (&["-p", "999999999", UMOUNT], "no such process: 999999999"),
@@ -283,7 +304,12 @@ fn a_function_is_traced_or_each_refusal_is_explained() {
         assert!(e.starts_with("funcstack: cannot trace vfs_fsync_range: no usable backend on this kernel ("), "{e}");
         assert!(e.contains("fentry: EPERM at load"), "{e}");
         assert!(e.contains("kprobe: ENOENT at attach"), "{e}");
-        assert!(e.contains("ftrace: EPERM writing 'vfs_fsync_range' to set_ftrace_filter: this kernel refuses the function tracer"), "{e}");
+        assert!(
+            e.contains(
+                "ftrace: EPERM writing 'vfs_fsync_range' to set_ftrace_filter: this kernel refuses the function tracer"
+            ),
+            "{e}"
+        );
         assert!(no_instances_left());
         return;
     }
@@ -296,7 +322,13 @@ fn a_function_is_traced_or_each_refusal_is_explained() {
         }
     });
     let (stacks, summary) = json(&out);
-    let want = if fentry.is_ok() { "fentry" } else if kprobe_pmu { "kprobe" } else { "ftrace" };
+    let want = if fentry.is_ok() {
+        "fentry"
+    } else if kprobe_pmu {
+        "kprobe"
+    } else {
+        "ftrace"
+    };
     assert_eq!(summary["backend"], want, "{summary}");
     let n: u64 = stacks
         .iter()
@@ -376,7 +408,9 @@ fn an_instance_left_by_a_killed_run_is_removed_by_the_next() {
 fn help_explains_the_columns() {
     let out = run(BIN, &["--help"]);
     assert!(out.status.success());
-    for want in ["COMM PID/TID CPU", "COUNT", "[Missed Kernel Stack: EEXIST]", "Backends, best first", "tracepoint:GROUP:NAME"] {
+    for want in
+        ["COMM PID/TID CPU", "COUNT", "[Missed Kernel Stack: EEXIST]", "Backends, best first", "tracepoint:GROUP:NAME"]
+    {
         assert!(out.stdout.contains(want), "{want} missing from --help");
     }
 }
