@@ -136,6 +136,14 @@ fn run(cli: cli::Cli) -> Result<()> {
     p.ew_fexit_epcb.set_autoload(mech == Mechanism::Fentry);
     p.ew_kprobe_epcb.set_autoload(mech == Mechanism::Kprobe);
     p.ew_kretprobe_epcb.set_autoload(mech == Mechanism::Kprobe);
+    for prog in [&mut p.ew_fentry_readable, &mut p.ew_fexit_readable, &mut p.ew_fentry_wakeup, &mut p.ew_fexit_wakeup] {
+        prog.set_autoload(mech == Mechanism::Fentry);
+    }
+    for prog in
+        [&mut p.ew_kprobe_readable, &mut p.ew_kretprobe_readable, &mut p.ew_kprobe_wakeup, &mut p.ew_kretprobe_wakeup]
+    {
+        prog.set_autoload(mech == Mechanism::Kprobe);
+    }
     p.ew_data_ready.set_autoload(!epitem && have_data_ready);
     p.ew_set_state.set_autoload(!epitem);
     p.ew_enter_pwait2.set_autoload(tracefs.join("events/syscalls/sys_enter_epoll_pwait2").is_dir());
@@ -153,7 +161,9 @@ fn run(cli: cli::Cli) -> Result<()> {
         &p.ew_exit_pwait2, &p.ew_data_ready, &p.ew_set_state, &p.ew_fentry_epcb, &p.ew_fexit_epcb,
         &p.ew_kprobe_epcb, &p.ew_kretprobe_epcb, &p.ew_waking, &p.ew_switch, &p.ew_enter_accept,
         &p.ew_enter_accept4, &p.ew_exit_accept, &p.ew_exit_accept4, &p.ew_enter_close, &p.ew_enter_ctl,
-        &p.ew_exit_ctl, &p.ew_softirq_entry, &p.ew_softirq_exit,
+        &p.ew_exit_ctl, &p.ew_softirq_entry, &p.ew_softirq_exit, &p.ew_fentry_readable, &p.ew_fexit_readable,
+        &p.ew_fentry_wakeup, &p.ew_fexit_wakeup, &p.ew_kprobe_readable, &p.ew_kretprobe_readable,
+        &p.ew_kprobe_wakeup, &p.ew_kretprobe_wakeup,
     ];
     for prog in all {
         if !prog.autoload() {
@@ -316,9 +326,13 @@ mod tests {
         let p = &mut open.progs;
         p.ew_fentry_epcb.set_autoload(false);
         p.ew_fexit_epcb.set_autoload(false);
+        for prog in [&mut p.ew_fentry_readable, &mut p.ew_fexit_readable, &mut p.ew_fentry_wakeup, &mut p.ew_fexit_wakeup] {
+            prog.set_autoload(false);
+        }
         p.ew_data_ready.set_autoload(false);
         p.ew_set_state.set_autoload(false);
         let skel = open.load().expect("the kprobe backend's programs load");
-        assert!(skel.progs.ew_kprobe_epcb.autoload() && skel.progs.ew_waking.autoload());
+        assert!(skel.progs.ew_kprobe_epcb.autoload() && skel.progs.ew_kprobe_readable.autoload());
+        assert!(skel.progs.ew_waking.autoload());
     }
 }

@@ -17,9 +17,11 @@ use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::symbolize::Symbolizer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// How long a record waits for the rest of its group. Wake-ups of one
-/// event come from one loop over a wait queue, microseconds apart.
-pub const HOLD_NS: u64 = 5_000_000;
+/// How long a record waits for the rest of its group before it is
+/// printed. Wake-ups of one event come from one loop over a wait queue,
+/// microseconds apart on hardware but milliseconds apart under emulation
+/// or on a box that is struggling; a person does not notice 50 ms.
+pub const HOLD_NS: u64 = 50_000_000;
 
 #[derive(Default)]
 pub struct Filter {

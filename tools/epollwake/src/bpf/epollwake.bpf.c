@@ -22,6 +22,11 @@
  *
  * All wake-ups caused by one socket event share a `group`: that is how one
  * new connection waking several workers (a thundering herd) is recognised.
+ * On the kprobe/fentry backend the event is one call of the socket's
+ * callback (sock_def_readable, sock_def_wakeup), hooked on entry and exit:
+ * every ep_poll_callback inside it belongs to that event however long the
+ * wake-up loop takes (milliseconds under emulation). Files that are not
+ * sockets fall back to "same file, within a few microseconds".
  * A woken thread that sleeps again inside the same epoll_wait without
  * returning (another thread took the event first) is reported as RESLEEP. */
 #include "vmlinux.h"
@@ -99,6 +104,7 @@ struct src_slot {
 	__u64 seq;
 	__u64 ts;
 	__u64 data;
+	__u64 cb_seq;  /* the socket callback call the group was opened for */
 	__s32 fd;
 	__u32 events;
 	__u32 active;
@@ -373,14 +379,71 @@ int ew_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	return 0;
 }
 
-/* The kprobe/fentry backend: the epitem being signalled. Consecutive calls
- * on one CPU for the same file within a few microseconds are one wake-up
- * loop over that file's wait queue, so they share a group. */
+/* The socket callback running on this CPU, per context level (kprobe and
+ * fentry backends). `seq` counts calls; `depth` is non-zero inside one. */
+struct sock_cb {
+	__u64 seq;
+	__u32 depth;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LEVELS);
+	__type(key, __u32);
+	__type(value, struct sock_cb);
+} sock_cbs SEC(".maps");
+
+static __always_inline struct sock_cb *sock_cb_now(void)
+{
+	__u32 key = softirq_now() ? 1 : 0;
+
+	return bpf_map_lookup_elem(&sock_cbs, &key);
+}
+
+static __always_inline void sock_cb_enter(void)
+{
+	struct sock_cb *c = sock_cb_now();
+
+	if (c && c->depth++ == 0)
+		c->seq++;
+}
+
+static __always_inline void sock_cb_exit(void)
+{
+	struct sock_cb *c = sock_cb_now();
+
+	if (c && c->depth)
+		c->depth--;
+}
+
+SEC("fentry/sock_def_readable")
+int BPF_PROG(ew_fentry_readable) { sock_cb_enter(); return 0; }
+SEC("fexit/sock_def_readable")
+int BPF_PROG(ew_fexit_readable) { sock_cb_exit(); return 0; }
+SEC("fentry/sock_def_wakeup")
+int BPF_PROG(ew_fentry_wakeup) { sock_cb_enter(); return 0; }
+SEC("fexit/sock_def_wakeup")
+int BPF_PROG(ew_fexit_wakeup) { sock_cb_exit(); return 0; }
+SEC("kprobe/sock_def_readable")
+int BPF_KPROBE(ew_kprobe_readable) { sock_cb_enter(); return 0; }
+SEC("kretprobe/sock_def_readable")
+int BPF_KRETPROBE(ew_kretprobe_readable) { sock_cb_exit(); return 0; }
+SEC("kprobe/sock_def_wakeup")
+int BPF_KPROBE(ew_kprobe_wakeup) { sock_cb_enter(); return 0; }
+SEC("kretprobe/sock_def_wakeup")
+int BPF_KRETPROBE(ew_kretprobe_wakeup) { sock_cb_exit(); return 0; }
+
+/* The kprobe/fentry backend: the epitem being signalled. Inside a socket
+ * callback, every call belongs to that call's group. Elsewhere, consecutive
+ * calls on one CPU for the same file within a few microseconds are taken
+ * as one wake-up loop over that file's wait queue. */
 static __always_inline void epitem_enter(wait_queue_entry_t *wait)
 {
 	struct eppoll_entry *pwq;
 	struct epitem *epi;
 	struct src_slot *sl = slot_for(0);
+	struct sock_cb *cb = sock_cb_now();
 	struct ew_stats *s = stat();
 	__u64 now = bpf_ktime_get_ns();
 	struct file *file;
@@ -392,8 +455,15 @@ static __always_inline void epitem_enter(wait_queue_entry_t *wait)
 	pwq = (void *)wait - bpf_core_field_offset(struct eppoll_entry, wait);
 	epi = BPF_CORE_READ(pwq, base);
 	file = BPF_CORE_READ(epi, ffd.file);
-	if ((__u64)file != sl->file || now - sl->ts > 20000)
-		sl->seq++;
+	if (cb && cb->depth) {
+		if (cb->seq != sl->cb_seq || (__u64)file != sl->file)
+			sl->seq++;
+		sl->cb_seq = cb->seq;
+	} else {
+		if ((__u64)file != sl->file || now - sl->ts > 20000 || sl->cb_seq)
+			sl->seq++;
+		sl->cb_seq = 0;
+	}
 	sl->file = (__u64)file;
 	sl->ts = now;
 	sl->fd = BPF_CORE_READ(epi, ffd.fd);
