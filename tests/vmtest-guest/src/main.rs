@@ -22,6 +22,7 @@ mod funcstack;
 mod kmod;
 mod blkreq;
 mod compactwatch;
+mod epollwake;
 mod ladder;
 mod sys;
 mod tool;
@@ -102,6 +103,7 @@ const TESTS: &[Test] = &[
     Test { name: "irqoff", run: irqoff::run },
     Test { name: "offwaketime", run: offwaketime::run },
     Test { name: "funcstack", run: funcstack::run },
+    Test { name: "epollwake", run: epollwake::run },
 ];
 
 fn setup(rep: &mut Reporter) {
