@@ -102,6 +102,9 @@ pub struct Config {
     pub comm: Option<[u8; 16]>,
     pub op: Option<u32>,
     pub transport: Transport,
+    /// Admit a request at the first probe after block_getrq that sees its
+    /// bio (see `bio_births` in the BPF code): kernels before 6.5.
+    pub bio_births: bool,
 }
 
 fn configure(open: &mut OpenBlkreqSkel<'static>, cfg: &Config, res: &Resolved) -> Result<()> {
@@ -118,6 +121,7 @@ fn configure(open: &mut OpenBlkreqSkel<'static>, cfg: &Config, res: &Resolved) -
         }
     }
     ro.filter_op = cfg.op.map(|o| o as i32).unwrap_or(-1);
+    ro.bio_births = cfg.bio_births;
     for t in res.all().filter(|t| t.skip.is_none()) {
         let i = t.id as usize;
         ro.tgt_posmask[i] = t.site.posmask();
@@ -209,6 +213,10 @@ pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Atta
             set_prog(&mut open, &format!("brq_rt_{slot}"), None)?;
         }
     }
+    let getrq = if tp_btf { "brq_getrq_tb" } else { "brq_getrq_rt" };
+    if cfg.bio_births {
+        set_prog(&mut open, getrq, None)?;
+    }
     match plan.funcs {
         Some(Mechanism::KprobeMulti) => set_prog(&mut open, "brq_kmulti", None)?,
         Some(Mechanism::Kprobe) => set_prog(&mut open, "brq_kprobe", None)?,
@@ -236,6 +244,16 @@ pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Atta
                 a.tps_attached += 1;
             }
             Err(e) => a.refused.push((t.label(), errno_text(&e))),
+        }
+    }
+
+    if cfg.bio_births {
+        let prog = find_prog(&mut a.core, getrq).context("block_getrq program")?;
+        let r = if tp_btf { prog.attach_trace() } else { prog.attach_raw_tracepoint("block_getrq") };
+        match r {
+            Ok(l) => a.links.push(l),
+            // Requests are then admitted at insert or issue, as before.
+            Err(e) => a.refused.push(("tracepoint:block_getrq".into(), errno_text(&e))),
         }
     }
 
@@ -359,7 +377,9 @@ fn attach_fentry(a: &mut Attached, cfg: &Config, res: &Resolved, funcs: &[&Targe
                 for t in &g {
                     let name = format!("brq_fe_{}", t.id);
                     let prog = find_prog(&mut skel, &name).context("fentry slot")?;
-                    match prog.attach_trace() {
+                    // A refusal is expected (and named in the banner's
+                    // count); libbpf's own line for it is noise at 3 a.m.
+                    match quiet(|| prog.attach_trace()) {
                         Ok(l) => {
                             a.links.push(l);
                             a.funcs_attached += 1;
@@ -393,6 +413,7 @@ fn load_fentry_group(
     m.stats.reuse_fd(core.maps.stats.as_fd())?;
     m.scratch.reuse_fd(core.maps.scratch.as_fd())?;
     m.depth.reuse_fd(core.maps.depth.as_fd())?;
+    m.new_bios.reuse_fd(core.maps.new_bios.as_fd())?;
     m.bss.reuse_fd(core.maps.bss.as_fd())?;
     if cfg.transport == Transport::RingBuf {
         m.events_ring.reuse_fd(core.maps.events_ring.as_fd())?;
@@ -438,16 +459,19 @@ mod tests {
                 comm: Some(crate::filters::comm_bytes("dd")),
                 op: Some(1),
                 transport,
+                bio_births: true,
             };
             let res = resolved();
             let mut open = open_skel().unwrap();
             configure(&mut open, &cfg, &res).unwrap();
-            for name in ["brq_kmulti", "brq_kprobe", "brq_tb_0", "brq_rt_1"] {
+            for name in ["brq_kmulti", "brq_kprobe", "brq_tb_0", "brq_rt_1", "brq_getrq_tb", "brq_getrq_rt"] {
                 let target = (name == "brq_tb_0").then_some("block_io_start");
                 set_prog(&mut open, name, target).unwrap();
             }
             let skel = open.load().unwrap_or_else(|e| panic!("{transport:?}: {e:#}"));
-            assert_eq!(skel.object().progs().count(), 2 * crate::targets::TP_SLOTS + FUNC_SLOTS + 2);
+            // Slots for tracepoints and functions, kprobe.multi, kprobe and
+            // the two block_getrq programs.
+            assert_eq!(skel.object().progs().count(), 2 * crate::targets::TP_SLOTS + FUNC_SLOTS + 4);
         }
     }
 
@@ -465,6 +489,7 @@ mod tests {
             comm: None,
             op: None,
             transport: Transport::RingBuf,
+            bio_births: false,
         };
         let res = resolved();
         let plan = Plan {

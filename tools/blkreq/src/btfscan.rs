@@ -87,10 +87,37 @@ pub fn scan(btf: &Btf<'_>) -> Vec<Site> {
     funcs
 }
 
+/// Does `tracepoint` pass just a bio? block_getrq does since 5.11; before,
+/// it passed the queue first, and the birth-by-bio admission that reads its
+/// first argument must stay off.
+pub fn passes_only_a_bio(btf: &Btf<'_>, tracepoint: &str) -> bool {
+    let Some(t) = btf.type_by_name::<Typedef<'_>>(&format!("btf_trace_{tracepoint}")) else { return false };
+    let Some(proto) = t.next_type().filter(|p| p.kind() == BtfKind::Ptr).and_then(|p| p.next_type()) else {
+        return false;
+    };
+    let Ok(proto) = FuncProto::try_from(proto) else { return false };
+    let params: Vec<_> = proto.iter().collect();
+    let is_bio = |ty| {
+        btf.type_by_id::<BtfType<'_>>(ty).is_some_and(|t| {
+            let t = t.skip_mods_and_typedefs();
+            t.kind() == BtfKind::Ptr
+                && t.next_type().map(|s| s.skip_mods_and_typedefs()).is_some_and(|s| {
+                    s.kind() == BtfKind::Struct && s.name().is_some_and(|n| n == "bio")
+                })
+        })
+    };
+    params.len() == 2 && is_bio(params[1].ty)
+}
+
 /// Scan the running kernel.
 pub fn scan_kernel() -> Result<Vec<Site>, String> {
     let btf = Btf::from_path(VMLINUX).map_err(|e| format!("cannot read kernel BTF {VMLINUX}: {e}"))?;
     Ok(scan(&btf))
+}
+
+/// Does the running kernel's block_getrq pass just a bio?
+pub fn kernel_getrq_passes_only_a_bio() -> bool {
+    Btf::from_path(VMLINUX).is_ok_and(|btf| passes_only_a_bio(&btf, "block_getrq"))
 }
 
 /// Names of `enum req_op` (READ, WRITE, FLUSH...) and their values, from
@@ -148,6 +175,18 @@ mod tests {
         assert!(sites.iter().any(|s| s.positions.len() == 2), "no function takes two requests");
         // Not first position: blk_mq_sched_try_insert_merge? Accept any.
         assert!(sites.iter().any(|s| s.positions.iter().any(|&p| p > 0)), "request never past position 0");
+    }
+
+    /// This kernel: block_getrq(struct bio *); block_rq_issue takes a
+    /// request, block_split a bio and a sector; a missing one is a no.
+    #[test]
+    fn tracepoints_that_pass_only_a_bio() {
+        let btf = Btf::from_path(VMLINUX).unwrap();
+        assert!(passes_only_a_bio(&btf, "block_getrq"));
+        assert!(kernel_getrq_passes_only_a_bio());
+        assert!(!passes_only_a_bio(&btf, "block_rq_issue"));
+        assert!(!passes_only_a_bio(&btf, "block_split"));
+        assert!(!passes_only_a_bio(&btf, "no_such_tracepoint"));
     }
 
     #[test]

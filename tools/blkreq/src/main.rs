@@ -85,6 +85,8 @@ fn run(cli: cli::Cli) -> Result<()> {
         comm: cli.comm.as_deref().map(filters::comm_bytes),
         op,
         transport,
+        bio_births: !resolved.tps.iter().any(|t| t.site.name == "block_io_start")
+            && btfscan::kernel_getrq_passes_only_a_bio(),
     };
     let attached = attach::load_and_attach(&plan, &cfg, &resolved)?;
 

@@ -67,6 +67,23 @@ struct {
 	__type(value, struct brq_stats);
 } stats SEC(".maps");
 
+/* Kernels before 6.5 have no block_io_start, and the functions that first
+ * see a new request (blk_mq_bio_to_request...) are static and inlined, so
+ * a request would be admitted only at insert or issue, its start unseen.
+ * block_getrq fires when blk_mq_submit_bio has just got a request for the
+ * task's bio: the first probe after it that sees a request carrying that
+ * bio is the request's birth. By task, because the request is set up in
+ * the submitter's context; matched on the bio, because an interrupt on
+ * that CPU may hand our probes another request in between. */
+const volatile bool bio_births = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} new_bios SEC(".maps");
+
 /* Perf-buffer path only. Probes on one CPU can nest (a tracepoint hit in
  * an interrupt while a function probe runs), so one slot per nesting
  * level up to a few. */
@@ -249,6 +266,17 @@ static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 	now = bpf_ktime_get_ns();
 	st = bpf_map_lookup_elem(&tracked, &ptr);
 
+	if (bio_births && !(role & BRQ_ADMIT) && (!st || st->state != BRQ_LIVE)) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		__u64 *bio = bpf_map_lookup_elem(&new_bios, &tid);
+
+		if (bio && *bio == (__u64)BPF_CORE_READ(rq, bio)) {
+			bpf_map_delete_elem(&new_bios, &tid);
+			role |= BRQ_ADMIT | BRQ_BIRTH;
+			rank = 0;
+		}
+	}
+
 	if (role & BRQ_ADMIT) {
 		if (!st) {
 			if (!wanted(rq)) {
@@ -402,6 +430,28 @@ static __always_inline int on_tp(__u64 *args, void *ctx, __u32 id)
 		if (mask & (1 << i))
 			track(ctx, args[i], id, i);
 	}
+	return 0;
+}
+
+static __always_inline void note_new_bio(__u64 bio)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (bio)
+		bpf_map_update_elem(&new_bios, &tid, &bio, BPF_ANY);
+}
+
+SEC("tp_btf/block_getrq")
+int brq_getrq_tb(__u64 *ctx)
+{
+	note_new_bio(ctx[0]);
+	return 0;
+}
+
+SEC("raw_tp/block_getrq")
+int brq_getrq_rt(struct bpf_raw_tracepoint_args *ctx)
+{
+	note_new_bio(ctx->args[0]);
 	return 0;
 }
 
