@@ -16,6 +16,23 @@ pub fn plain<T: Copy + Default>(bytes: &[u8]) -> T {
     unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) }
 }
 
+/// Entry 0 of a per-CPU array of counters, summed over CPUs. Every tool
+/// keeps its statistics so, as a struct of u64 counters only; that is what
+/// `T` must be (a struct with narrower fields would be added wrongly).
+pub fn sum_counters<T: Copy + Default>(map: &impl MapCore) -> Result<T, libbpf_rs::Error> {
+    let size = std::mem::size_of::<T>();
+    assert_eq!(size % 8, 0, "a counters struct holds u64s only");
+    let mut sum = vec![0u64; size / 8];
+    let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)?.unwrap_or_default();
+    for v in per_cpu.iter().filter(|v| v.len() >= size) {
+        for (acc, c) in sum.iter_mut().zip(v.chunks_exact(8)) {
+            *acc = acc.wrapping_add(u64::from_ne_bytes(c.try_into().unwrap()));
+        }
+    }
+    let bytes: Vec<u8> = sum.iter().flat_map(|c| c.to_ne_bytes()).collect();
+    Ok(plain(&bytes))
+}
+
 /// Stack ids to addresses, read from a BPF_MAP_TYPE_STACK_TRACE map once each.
 #[derive(Default)]
 pub struct StackCache {
@@ -81,6 +98,32 @@ mod tests {
         bytes[8..16].copy_from_slice(&9u64.to_ne_bytes());
         assert_eq!(plain::<Pair>(&bytes), Pair { a: 7, b: 9 });
         assert_eq!(plain::<Pair>(&bytes[..3]), Pair::default());
+    }
+
+    #[derive(Clone, Copy, Default, Debug, PartialEq)]
+    #[repr(C)]
+    struct Counters {
+        hits: u64,
+        lost: u64,
+    }
+
+    /// A real per-CPU array in this kernel, each CPU with its own counts.
+    #[test]
+    fn counters_are_summed_over_cpus() {
+        use libbpf_rs::{MapHandle, MapType};
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let map = MapHandle::create(MapType::PercpuArray, Some("kd_test_sum"), 4, 16, 1, &opts).unwrap();
+        let cpus = libbpf_rs::num_possible_cpus().unwrap();
+        let values: Vec<Vec<u8>> = (0..cpus as u64)
+            .map(|c| [c + 1, 10 * (c + 1)].iter().flat_map(|v| v.to_ne_bytes()).collect())
+            .collect();
+        map.update_percpu(&0u32.to_ne_bytes(), &values, MapFlags::ANY).unwrap();
+        let n = cpus as u64;
+        let want = Counters { hits: n * (n + 1) / 2, lost: 10 * n * (n + 1) / 2 };
+        assert_eq!(sum_counters::<Counters>(&map).unwrap(), want);
     }
 
     #[test]

@@ -25,7 +25,6 @@ use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{EventStream, Kind as Transport};
 use kdiag_shared::precheck;
-use libbpf_rs::{MapCore, MapFlags};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -218,25 +217,9 @@ fn finished(a: &attach::Attached) -> u64 {
         .unwrap_or(0)
 }
 
+/// The per-CPU counters, summed.
 fn read_stats(map: &libbpf_rs::MapMut) -> Result<brq_stats> {
-    let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?.unwrap_or_default();
-    let mut t = brq_stats::default();
-    for v in per_cpu.iter().filter(|v| v.len() >= std::mem::size_of::<brq_stats>()) {
-        // SAFETY: brq_stats is plain data and the length was checked.
-        let s = unsafe { std::ptr::read_unaligned(v.as_ptr() as *const brq_stats) };
-        t.hits += s.hits;
-        t.events += s.events;
-        t.lost += s.lost;
-        t.stack_failed += s.stack_failed;
-        t.admitted += s.admitted;
-        t.filtered += s.filtered;
-        t.full += s.full;
-        t.raced += s.raced;
-        t.ended += s.ended;
-        t.reused += s.reused;
-        t.late += s.late;
-    }
-    Ok(t)
+    kdiag_shared::maps::sum_counters(map).context("reading statistics")
 }
 
 fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step> {

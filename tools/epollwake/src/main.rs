@@ -290,19 +290,7 @@ fn run(cli: cli::Cli) -> Result<()> {
 
 /// The per-CPU counters, summed.
 fn read_stats(map: &libbpf_rs::MapMut) -> Result<ew_stats> {
-    let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?.unwrap_or_default();
-    let mut t = ew_stats::default();
-    for v in per_cpu.iter().filter(|v| v.len() >= std::mem::size_of::<ew_stats>()) {
-        // SAFETY: ew_stats is plain data and the length was checked.
-        let s: ew_stats = unsafe { std::ptr::read_unaligned(v.as_ptr() as *const ew_stats) };
-        t.waits += s.waits;
-        t.wakes += s.wakes;
-        t.lost += s.lost;
-        t.stack_failed += s.stack_failed;
-        t.data_ready += s.data_ready;
-        t.epitems += s.epitems;
-    }
-    Ok(t)
+    kdiag_shared::maps::sum_counters(map).context("reading statistics")
 }
 
 #[cfg(test)]

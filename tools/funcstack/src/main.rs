@@ -498,20 +498,7 @@ fn ret_value(k: &fs_ret_key) -> RetValue {
 
 /// The per-CPU counters, summed.
 fn read_stats(map: &Map) -> Result<fs_stats> {
-    let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?;
-    let mut sum = fs_stats::default();
-    for v in per_cpu.unwrap_or_default() {
-        let s = plain::<fs_stats>(&v);
-        sum.hits += s.hits;
-        sum.filtered += s.filtered;
-        sum.stack_eexist += s.stack_eexist;
-        sum.stack_enomem += s.stack_enomem;
-        sum.stack_efault += s.stack_efault;
-        sum.stack_other += s.stack_other;
-        sum.keys_dropped += s.keys_dropped;
-        sum.rets_dropped += s.rets_dropped;
-    }
-    Ok(sum)
+    kdiag_shared::maps::sum_counters(map).context("reading statistics")
 }
 
 /// Symbolize the user stacks seen so far while their processes live; the

@@ -427,24 +427,7 @@ fn to_entry(
 
 /// The per-CPU counters, summed.
 fn read_stats(map: &Map) -> Result<owt_stats> {
-    let per_cpu = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?;
-    let mut sum = owt_stats::default();
-    for v in per_cpu.unwrap_or_default() {
-        let s = plain::<owt_stats>(&v);
-        sum.sleeps += s.sleeps;
-        sum.wakeups += s.wakeups;
-        sum.switch_ins += s.switch_ins;
-        sum.filtered_time += s.filtered_time;
-        sum.unseen_wakeups += s.unseen_wakeups;
-        sum.stack_eexist += s.stack_eexist;
-        sum.stack_enomem += s.stack_enomem;
-        sum.stack_efault += s.stack_efault;
-        sum.stack_other += s.stack_other;
-        sum.keys_dropped += s.keys_dropped;
-        sum.sleeps_dropped += s.sleeps_dropped;
-        sum.wakeups_dropped += s.wakeups_dropped;
-    }
-    Ok(sum)
+    kdiag_shared::maps::sum_counters(map).context("reading statistics")
 }
 
 fn summarize(entries: &[Entry], s: &owt_stats, mech: &Mechanism, rc: &RunControl, reason: &StopReason) -> Summary {
