@@ -78,6 +78,24 @@ impl StackFailures {
     pub fn total(&self) -> u64 {
         self.eexist + self.enomem + self.efault + self.other
     }
+
+    /// The summary line, with what to do when the map is too small (the
+    /// tools that count stacks all take --stack-storage-size).
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "Stack captures failed: {} (EEXIST {}, ENOMEM {}, EFAULT {}, other {})",
+            self.total(),
+            self.eexist,
+            self.enomem,
+            self.efault,
+            self.other
+        );
+        if self.eexist + self.enomem > 0 {
+            s.push_str("; the stack map is too small: raise --stack-storage-size");
+        }
+        s.push('\n');
+        s
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +148,12 @@ mod tests {
     fn failures_add_up() {
         let f = StackFailures { eexist: 3, enomem: 1, efault: 2, other: 0 };
         assert_eq!(f.total(), 6);
+        assert_eq!(
+            f.text(),
+            "Stack captures failed: 6 (EEXIST 3, ENOMEM 1, EFAULT 2, other 0); \
+             the stack map is too small: raise --stack-storage-size\n"
+        );
+        let f = StackFailures { efault: 2, ..Default::default() };
+        assert_eq!(f.text(), "Stack captures failed: 2 (EEXIST 0, ENOMEM 0, EFAULT 2, other 0)\n");
     }
 }

@@ -231,20 +231,8 @@ impl Summary {
             ));
         }
         out.push('\n');
-        let f = &self.stack_failures;
-        if f.total() > 0 {
-            out.push_str(&format!(
-                "Stack captures failed: {} (EEXIST {}, ENOMEM {}, EFAULT {}, other {})",
-                f.total(),
-                f.eexist,
-                f.enomem,
-                f.efault,
-                f.other
-            ));
-            if f.eexist + f.enomem > 0 {
-                out.push_str("; the stack map is too small: raise --stack-storage-size");
-            }
-            out.push('\n');
+        if self.stack_failures.total() > 0 {
+            out.push_str(&self.stack_failures.text());
         }
         out
     }

@@ -301,19 +301,7 @@ impl Summary {
                 self.unseen_wakeups
             ));
         }
-        let f = &self.stack_failures;
-        out.push_str(&format!(
-            "Stack captures failed: {} (EEXIST {}, ENOMEM {}, EFAULT {}, other {})",
-            f.total(),
-            f.eexist,
-            f.enomem,
-            f.efault,
-            f.other
-        ));
-        if f.eexist + f.enomem > 0 {
-            out.push_str("; the stack map is too small: raise --stack-storage-size");
-        }
-        out.push('\n');
+        out.push_str(&self.stack_failures.text());
         if self.user_stacks_truncated > 0 {
             out.push_str(&format!(
                 "User stacks: {} of {} stop before their thread's start, most likely code built \
