@@ -5,7 +5,7 @@ use kdiag_shared::runctl::parse_duration;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
-Output (text): one line per event, oldest first, held back a few ms so that
+Output (text): one line per event, oldest first, held back 50 ms so that
 all wake-ups of one socket event are known before the first is printed:
   TIME     local time (HH:MM:SS.microseconds)
   EVENT    WAKE     a thread waiting in epoll_wait was woken
@@ -44,6 +44,8 @@ Backends: fentry or kprobe on ep_poll_callback where the kernel allows it
 (the epitem gives the exact fd); otherwise classic tracepoints: the socket
 from sock:sk_data_ready / sock:inet_sock_set_state, tied to the wake-up by
 ep_poll_callback in the waker's stack. The banner says which is used.
+A herd is every wake-up made inside one call of the socket's callback
+(sock_def_readable, sock_def_wakeup) on one CPU.
 
 Examples:
   epollwake -p $(pidof envoy) 30          30 s of every worker wake-up
