@@ -17,8 +17,9 @@ without kprobes and fentry are followed through the block tracepoints and
 the kernel stacks captured at each; the banner says which.
 
 Which requests: the first COUNT that start (block_io_start,
-blk_mq_bio_to_request...) and pass --dev/--pid/--comm/--op, tested in the
-kernel when the request starts (so --pid and --comm are the submitter).
+blk_mq_bio_to_request...; before 6.5, the first step after block_getrq)
+and pass --dev/--pid/--comm/--op, tested in the kernel when the request
+starts (so --pid and --comm are the submitter).
 The run ends when all COUNT have completed, at the duration, or at Ctrl-C.
 
 Output --tree (default): the kernel stacks of all steps of all tracked
