@@ -68,6 +68,21 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
     spawn(bin, args).wait()
 }
 
+/// Run `bin args` as nobody with no capabilities (setpriv, util-linux) and
+/// check that it refuses in exactly one line that says what it needs, with
+/// exit status 1, before touching the kernel.
+pub fn assert_refused_without_privileges(bin: &str, args: &[&str]) {
+    let tool = std::path::Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", bin])
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim(), format!("{tool}: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)"));
+}
+
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -427,3 +427,8 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
 }
 
 kdiag_testkit::detach_tests!(detaches_everything);
+
+#[test]
+fn missing_privileges_is_one_clear_line() {
+    kdiag_testkit::assert_refused_without_privileges(BIN, &["1"]);
+}

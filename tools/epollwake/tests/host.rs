@@ -242,3 +242,8 @@ fn bad_input_is_one_line() {
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
 }
+
+#[test]
+fn missing_privileges_is_one_clear_line() {
+    kdiag_testkit::assert_refused_without_privileges(BIN, &["-p", "1", "1"]);
+}

@@ -432,3 +432,8 @@ fn user_stacks_name_the_libc_wrapper() {
     let (stacks, _) = json(&out);
     assert!(stacks.iter().all(|s| s["user_stack"].is_null()), "{stacks:#?}");
 }
+
+#[test]
+fn missing_privileges_is_one_clear_line() {
+    kdiag_testkit::assert_refused_without_privileges(BIN, &["vfs_read", "1"]);
+}

@@ -70,14 +70,7 @@ fn bad_input_is_one_line_and_attaches_nothing() {
 
 #[test]
 fn missing_privileges_is_one_clear_line() {
-    // setpriv from util-linux: run as nobody with no capabilities.
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", BIN, "1"])
-        .output()
-        .expect("setpriv (util-linux)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim(), "irqoff: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)");
+    kdiag_testkit::assert_refused_without_privileges(BIN, &["1"]);
 }
 
 #[test]

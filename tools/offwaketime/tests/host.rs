@@ -349,11 +349,5 @@ kdiag_testkit::detach_tests!(detaches_everything);
 
 #[test]
 fn missing_privileges_is_one_clear_line() {
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", BIN, "1"])
-        .output()
-        .expect("setpriv (util-linux)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim(), "offwaketime: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)");
+    kdiag_testkit::assert_refused_without_privileges(BIN, &["1"]);
 }
