@@ -22,6 +22,9 @@ const COUNT: usize = 3;
 const DURATION: &str = "20";
 /// A plain function every blk-mq request passes through.
 const FUNC: &str = "blk_mq_start_request";
+/// The loop driver's completion handler (mq_ops->complete), a function of
+/// the module, not of vmlinux.
+const MODULE_FUNC: &str = "lo_complete_rq";
 /// More functions than the block tracepoints alone could account for: the
 /// run must really have attached to the BTF-found functions.
 const MIN_FUNCTIONS: u64 = 100;
@@ -175,13 +178,17 @@ fn check(rep: &mut Reporter, name: &str, dev: &LoopDev, forced: Option<&str>, wa
     // a request first seen at block_rq_issue was admitted too late (6.1
     // has no block_io_start; block_getrq marks the birth there).
     let libbpf_noise: Vec<&String> = run.stderr.iter().filter(|l| l.starts_with("libbpf:")).collect();
+    // loop.ko's own completion handler, found in the module's split BTF.
+    let module_steps = requests.iter().filter(|r| steps(r).iter().any(|s| s == MODULE_FUNC)).count();
     let ok = banner.contains(&want_banner)
         && tracked == COUNT as u64
         && requests.len() == COUNT
         && with_func == requests.len()
         && all_plain
         && funcs > MIN_FUNCTIONS
+        && module_steps == requests.len()
         && libbpf_noise.is_empty();
+    let detail = format!("{module_steps} through {MODULE_FUNC} [loop]; {detail}");
     let detail = if libbpf_noise.is_empty() { detail } else { format!("libbpf printed {libbpf_noise:?}; {detail}") };
     rep.result(name, ok, detail)
 }

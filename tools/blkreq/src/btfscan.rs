@@ -2,7 +2,10 @@
 //! parameter, at each position it has one, and every tracepoint whose
 //! `btf_trace_<name>` typedef carries one. BTF is the kernel's own
 //! description of itself, so the set follows the running kernel instead of
-//! a list that ages with each release.
+//! a list that ages with each release. Loaded modules (loop, nvme_core,
+//! virtio_blk, scsi_mod...) describe their own functions in BTF split from
+//! vmlinux's; those are read too, with btf-rs (libbpf-rs reads only whole
+//! BTF).
 
 use libbpf_rs::btf::types::{Func, FuncProto, Typedef};
 use libbpf_rs::btf::{BtfKind, BtfType};
@@ -109,10 +112,82 @@ pub fn passes_only_a_bio(btf: &Btf<'_>, tracepoint: &str) -> bool {
     params.len() == 2 && is_bio(params[1].ty)
 }
 
-/// Scan the running kernel.
+/// Scan the running kernel and its loaded modules.
 pub fn scan_kernel() -> Result<Vec<Site>, String> {
     let btf = Btf::from_path(VMLINUX).map_err(|e| format!("cannot read kernel BTF {VMLINUX}: {e}"))?;
-    Ok(scan(&btf))
+    let mut sites = scan(&btf);
+    let mut from_modules = scan_modules();
+    if !from_modules.is_empty() {
+        // Functions first, by name, then tracepoints, as scan() orders them.
+        from_modules.retain(|m| !sites.iter().any(|s| s.kind == Kind::Function && s.name == m.name));
+        sites.extend(from_modules);
+        sites.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    }
+    Ok(sites)
+}
+
+/// Functions of every module with BTF that take a request.
+pub fn scan_modules() -> Vec<Site> {
+    let dir = std::path::Path::new(VMLINUX).parent().expect("a directory");
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let modules: Vec<std::path::PathBuf> =
+        entries.flatten().filter(|e| e.file_name() != "vmlinux").map(|e| e.path()).collect();
+    if modules.is_empty() {
+        return vec![];
+    }
+    // Mapped where sysfs allows it (cheap); read whole otherwise.
+    let base = btf_rs::Btf::from_file_with_backend(VMLINUX, btf_rs::Backend::Mmap)
+        .or_else(|_| btf_rs::Btf::from_file(VMLINUX));
+    let Ok(base) = base else { return vec![] };
+    modules.iter().flat_map(|m| module_sites(&base, m)).collect()
+}
+
+fn module_sites(base: &btf_rs::Btf, path: &std::path::Path) -> Vec<Site> {
+    let Ok(btf) = btf_rs::Btf::from_split_file(path, base) else { return vec![] };
+    let Some(split) = btf.split() else { return vec![] };
+    func_sites(&btf, split)
+}
+
+/// The functions of `section` (of `btf`) that take a request.
+fn func_sites(btf: &btf_rs::Btf, section: &btf_rs::BtfSection) -> Vec<Site> {
+    use fallible_iterator::FallibleIterator;
+    let mut sites = Vec::new();
+    let mut types = section.type_iter();
+    while let Ok(Some(t)) = types.next() {
+        let btf_rs::Type::Func(f) = t else { continue };
+        let Ok(btf_rs::Type::FuncProto(proto)) = btf.resolve_chained_type(&f) else { continue };
+        let positions: Vec<u8> = proto
+            .parameters
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| points_to_request(&btf, *p))
+            .map(|(i, _)| i as u8)
+            .collect();
+        if let (false, Ok(name)) = (positions.is_empty(), btf.resolve_name(&f)) {
+            sites.push(Site { name, kind: Kind::Function, positions });
+        }
+    }
+    sites
+}
+
+/// `is_request_ptr` for btf-rs types.
+fn points_to_request(btf: &btf_rs::Btf, param: &btf_rs::Parameter) -> bool {
+    use btf_rs::Type;
+    let Ok(mut t) = btf.resolve_chained_type(param) else { return false };
+    let mut through_ptr = false;
+    // Typedefs and qualifiers on either side of one pointer; the bound only
+    // guards against a malformed chain.
+    for _ in 0..16 {
+        match &t {
+            Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {}
+            Type::Ptr(_) if !through_ptr => through_ptr = true,
+            Type::Struct(s) => return through_ptr && btf.resolve_name(s).is_ok_and(|n| n == "request"),
+            _ => return false,
+        }
+        let Some(next) = t.as_btf_type().and_then(|x| btf.resolve_chained_type(x).ok()) else { return false };
+        t = next;
+    }
+    false
 }
 
 /// Does the running kernel's block_getrq pass just a bio?
@@ -187,6 +262,22 @@ mod tests {
         assert!(!passes_only_a_bio(&btf, "block_rq_issue"));
         assert!(!passes_only_a_bio(&btf, "block_split"));
         assert!(!passes_only_a_bio(&btf, "no_such_tracepoint"));
+    }
+
+    /// The module scanner (btf-rs) and the vmlinux one (libbpf-rs) must
+    /// agree: run the first over vmlinux itself, since this host has no
+    /// module BTF, and compare every function and position.
+    #[test]
+    fn both_scanners_agree_on_vmlinux() {
+        let rs = btf_rs::Btf::from_file_with_backend(VMLINUX, btf_rs::Backend::Mmap)
+            .or_else(|_| btf_rs::Btf::from_file(VMLINUX))
+            .unwrap();
+        let mut theirs = func_sites(&rs, rs.base());
+        theirs.sort_by(|a, b| a.name.cmp(&b.name));
+        theirs.dedup_by(|a, b| a.name == b.name);
+        let ours: Vec<Site> = scan_kernel().unwrap().into_iter().filter(|s| s.kind == Kind::Function).collect();
+        assert!(ours.len() > 50);
+        assert_eq!(theirs, ours);
     }
 
     #[test]

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 What is traced: every kernel function with a `struct request *` parameter
-(found in the kernel's BTF, at any position) and every tracepoint that is
-handed one. -i narrows the functions, -x removes functions or tracepoints;
-exclude wins. Tracer plumbing (__traceiter_*, __bpf_trace_*, perf_trace_*,
-...) is never included. --list prints the resolved set and attaches nothing.
+(found in the BTF of the kernel and of its loaded modules, at any position)
+and every tracepoint that is handed one. -i narrows the functions, -x
+removes functions or tracepoints; exclude wins. Tracer plumbing
+(__traceiter_*, __bpf_trace_*, perf_trace_*, ...) is never included.
+--list prints the resolved set and attaches nothing.
 
 How: functions through kprobe-multi, else fentry, else kprobes (the first
 this kernel accepts); tracepoints always, through tp_btf or raw_tp. Kernels
