@@ -14,7 +14,16 @@
  * (compaction begin/end, migratepages) are kept only for tasks with an
  * open episode or a compaction run in progress, so a busy box does not
  * flood the buffer. Successful allocations without an episode are only
- * counted, by stack, in the kernel. */
+ * counted, by stack, in the kernel; failures are always counted there, by
+ * stack, order and mask, so the summary stays exact when records are not
+ * sent.
+ *
+ * --max-rate: a flood of failing allocations sends ~20 records each (every
+ * zone's suitable, begin, finished, end, twice), enough to fill any buffer.
+ * A per-CPU budget is charged once per unit (an allocation with its whole
+ * episode, or a compaction run outside one) when the unit starts; the
+ * decision rides in the task's state, so a unit is reported whole or not
+ * at all and a half-seen episode never waits in userspace for its end. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -23,10 +32,13 @@
 
 const volatile __u32 min_order = 4;
 const volatile __u32 target_tgid = 0; /* 0: every task */
+const volatile __u32 max_per_sec = 0;  /* 0: no rate limit */
 
 struct tstate {
 	__u32 active;   /* in an allocation stall episode */
 	__u32 running;  /* between compaction begin and end */
+	__u32 quiet;    /* this episode or run is over the rate: send nothing */
+	__u32 pad;
 	__u64 migrated; /* mm_compaction_migratepages sums for the current run */
 	__u64 failed;
 };
@@ -53,11 +65,31 @@ struct {
 } allocs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct cw_fail_key);
+	__type(value, struct cw_alloc_val);
+} fails SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct cw_stats);
 } stats SEC(".maps");
+
+/* The current second and the units reported in it, on this CPU. */
+struct rate_state {
+	__u64 sec;
+	__u64 count;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rate_state);
+} rate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -71,6 +103,7 @@ KD_CHANNEL(events, 256 * 1024);
 struct cw_event cw_event_layout = {};
 struct cw_alloc_key cw_alloc_key_layout = {};
 struct cw_alloc_val cw_alloc_val_layout = {};
+struct cw_fail_key cw_fail_key_layout = {};
 struct cw_stats cw_stats_layout = {};
 
 /* Before 4.x-era cleanups mm_page_alloc recorded the page pointer. */
@@ -130,6 +163,62 @@ static __always_inline void send(void *ctx, struct cw_event *e)
 	}
 }
 
+/* Charge a new unit to this CPU's budget; true if it is over. */
+static __always_inline bool over_rate(void)
+{
+	struct rate_state *r;
+	struct cw_stats *s;
+	__u32 zero = 0;
+	__u64 sec;
+
+	if (!max_per_sec)
+		return false;
+	r = bpf_map_lookup_elem(&rate, &zero);
+	if (!r)
+		return false;
+	sec = bpf_ktime_get_ns() / 1000000000ULL;
+	if (r->sec != sec) {
+		r->sec = sec;
+		r->count = 0;
+	}
+	if (++r->count <= max_per_sec)
+		return false;
+	s = get_stats();
+	if (s)
+		s->rate_limited++;
+	return true;
+}
+
+/* A record a rate-limited unit did not send. */
+static __always_inline void withheld(void)
+{
+	struct cw_stats *s = get_stats();
+
+	if (s)
+		s->rate_limited_events++;
+}
+
+static __always_inline void count_fail(__s32 stack_id, __u32 order, __u64 gfp, __u64 pid_tgid,
+				       struct cw_stats *s)
+{
+	struct cw_fail_key k = { .stack_id = stack_id, .order = order, .gfp = gfp };
+	struct cw_alloc_val *v = bpf_map_lookup_elem(&fails, &k);
+
+	if (!v) {
+		struct cw_alloc_val nv = {};
+		/* Failing with -EEXIST means another CPU added it first. */
+		bpf_map_update_elem(&fails, &k, &nv, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&fails, &k);
+		if (!v && s)
+			s->fails_full++;
+	}
+	if (v) {
+		__sync_fetch_and_add(&v->count, 1);
+		v->last_pid = pid_tgid >> 32;
+		bpf_get_current_comm(v->last_comm, sizeof(v->last_comm));
+	}
+}
+
 static __always_inline __s32 stack_of(void *ctx)
 {
 	__s32 id = bpf_get_stackid(ctx, &stacks, 0);
@@ -147,6 +236,7 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 {
 	__u64 pid_tgid, pfn = 0, gfp;
 	__u32 order = ctx->order, tid;
+	__s32 stack_id = -1;
 	struct cw_stats *s;
 	struct cw_event *e;
 	struct tstate *t;
@@ -172,16 +262,26 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 		else
 			s->alloc_ok[order]++;
 	}
+	if (failed) {
+		stack_id = stack_of(ctx);
+		count_fail(stack_id, order, gfp, pid_tgid, s);
+	}
 	tid = (__u32)pid_tgid;
 	t = bpf_map_lookup_elem(&tasks, &tid);
 	if (failed || (t && t->active)) {
-		e = new_event(failed ? CW_ALLOC_FAIL : CW_ALLOC_DONE, pid_tgid);
-		if (e) {
+		/* A failure without an episode is a unit of its own. */
+		bool quiet = t && t->active ? t->quiet : over_rate();
+
+		if (!failed && s)
+			s->stalls++;
+		if (quiet)
+			withheld();
+		else if ((e = new_event(failed ? CW_ALLOC_FAIL : CW_ALLOC_DONE, pid_tgid))) {
 			e->order = order;
 			e->gfp = gfp;
 			e->a = failed ? -1 : (__s64)pfn;
 			e->b = ctx->migratetype;
-			e->stack_id = stack_of(ctx);
+			e->stack_id = failed ? stack_id : stack_of(ctx);
 			send(ctx, e);
 		}
 		if (t && !t->running)
@@ -208,17 +308,24 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 	return 0;
 }
 
-/* Open (or keep open) the stall episode of the current task. */
-static __always_inline void open_episode(__u32 tid)
+/* Open (or keep open) the stall episode of the current task; true if it
+ * is over the rate and sends nothing. */
+static __always_inline bool open_episode(__u32 tid)
 {
 	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	bool quiet;
 
+	if (t && t->active)
+		return t->quiet;
+	quiet = over_rate();
 	if (t) {
 		t->active = 1;
+		t->quiet = quiet;
 	} else {
-		struct tstate nt = { .active = 1 };
+		struct tstate nt = { .active = 1, .quiet = quiet };
 		bpf_map_update_elem(&tasks, &tid, &nt, BPF_ANY);
 	}
+	return quiet;
 }
 
 SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_begin")
@@ -230,7 +337,10 @@ int cw_reclaim_begin(struct trace_event_raw_mm_vmscan_direct_reclaim_begin_templ
 
 	if (order < (int)min_order || !tgid_wanted(pid_tgid))
 		return 0;
-	open_episode((__u32)pid_tgid);
+	if (open_episode((__u32)pid_tgid)) {
+		withheld();
+		return 0;
+	}
 	e = new_event(CW_RECLAIM_BEGIN, pid_tgid);
 	if (!e)
 		return 0;
@@ -251,6 +361,10 @@ int cw_reclaim_end(struct trace_event_raw_mm_vmscan_direct_reclaim_end_template 
 
 	if (!t || !t->active)
 		return 0;
+	if (t->quiet) {
+		withheld();
+		return 0;
+	}
 	e = new_event(CW_RECLAIM_END, pid_tgid);
 	if (!e)
 		return 0;
@@ -268,7 +382,10 @@ int cw_try_compact(struct trace_event_raw_mm_compaction_try_to_compact_pages *ct
 
 	if (order < (int)min_order || !tgid_wanted(pid_tgid))
 		return 0;
-	open_episode((__u32)pid_tgid);
+	if (open_episode((__u32)pid_tgid)) {
+		withheld();
+		return 0;
+	}
 	e = new_event(CW_TRY_COMPACT, pid_tgid);
 	if (!e)
 		return 0;
@@ -297,7 +414,9 @@ int cw_compact_begin(struct trace_event_raw_mm_compaction_begin *ctx)
 		return 0;
 	t = bpf_map_lookup_elem(&tasks, &tid);
 	if (!t) {
-		struct tstate nt = {};
+		/* A run outside any episode is a unit of its own; its state
+		 * goes at its end, quiet or not. */
+		struct tstate nt = { .quiet = over_rate() };
 		bpf_map_update_elem(&tasks, &tid, &nt, BPF_ANY);
 		t = bpf_map_lookup_elem(&tasks, &tid);
 		if (!t)
@@ -306,6 +425,10 @@ int cw_compact_begin(struct trace_event_raw_mm_compaction_begin *ctx)
 	t->running = 1;
 	t->migrated = 0;
 	t->failed = 0;
+	if (t->quiet) {
+		withheld();
+		return 0;
+	}
 	e = new_event(CW_COMPACT_BEGIN, pid_tgid);
 	if (!e)
 		return 0;
@@ -345,8 +468,16 @@ int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
 	if (!t || !t->running)
 		return 0;
 	t->running = 0;
-	e = new_event(CW_COMPACT_END, pid_tgid);
-	if (e) {
+	if (!t->active) {
+		struct cw_stats *s = get_stats();
+		if (s)
+			s->background_runs++;
+	}
+	/* One branch on one read: the 6.1 verifier does not know that two
+	 * reads of t->quiet agree, and sees a reserved record leak. */
+	if (t->quiet)
+		withheld();
+	else if ((e = new_event(CW_COMPACT_END, pid_tgid))) {
 		e->a = ctx->zone_start;
 		e->b = ctx->migrate_pfn;
 		e->c = ctx->free_pfn;
@@ -372,6 +503,10 @@ static __always_inline int zone_event(void *ctx, __u32 kind, int nid, int idx, i
 
 	if (!t)
 		return 0;
+	if (t->quiet) {
+		withheld();
+		return 0;
+	}
 	e = new_event(kind, pid_tgid);
 	if (!e)
 		return 0;

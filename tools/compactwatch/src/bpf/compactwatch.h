@@ -47,12 +47,25 @@ struct cw_alloc_val {
 	char last_comm[CW_COMM_LEN];
 };
 
+/* Failed allocations of order >= N, by kernel stack, order and mask:
+ * counted whether or not their records were sent. */
+struct cw_fail_key {
+	__s32 stack_id;
+	__u32 order;
+	__u64 gfp;
+};
+
 struct cw_stats {
 	__u64 alloc_ok[CW_MAX_ORDER];   /* successes by order (>= N only) */
 	__u64 alloc_fail[CW_MAX_ORDER];
 	__u64 lost;                     /* events not delivered: buffer full */
 	__u64 counts_full;              /* successes not keyed: table full */
 	__u64 stack_failed;
+	__u64 fails_full;               /* failures not keyed: table full */
+	__u64 rate_limited;             /* allocations/runs not reported: --max-rate */
+	__u64 rate_limited_events;      /* the records they would have sent */
+	__u64 stalls;                   /* episodes that ended in a page */
+	__u64 background_runs;          /* compaction runs outside an episode */
 };
 
 #endif
