@@ -30,13 +30,31 @@ Output (text), one block per finding, on stdout:
            mounted), the largest free order, and vmstat deltas of
            compact_*, allocstall_* and pgmigrate_* since the last verdict;
            then one or two lines of advice tied to what failed
-  At exit: counts of order >= N allocations by order (ok/failed), the top
-  callers of successful ones (kernel stacks with --stack), events lost.
+  At exit, counted in the kernel and so exact whatever was shown above:
+  failures, stalls and compaction runs outside allocations (with how many
+  were shown in detail), order >= N allocations by order (ok/failed), the
+  top failing callers by kernel stack, order and GFP mask, the top callers
+  of successful ones (kernel stacks with --stack); then what was held back:
+  'rate limit' (--max-rate: allocations or runs not shown, and the records
+  they would have sent) apart from 'lost' (records dropped because the
+  buffer was full: lower --max-rate).
+--max-rate N: at most N allocations (each with its whole reclaim and
+  compaction episode) or compaction runs outside allocations are shown per
+  CPU per second; 0 shows all. A failing allocation sends about 20 records
+  and prints a verdict, so a flood of them would otherwise overrun the
+  buffer and lose records at random; under the limit each one shown is
+  whole, and the counts at exit miss nothing.
 GFP names, compaction status and zone names come from the running kernel's
 tracepoint format files (then BTF), never a fixed table.
 
 --json prints one object per line: {\"type\": \"fail\"|\"stall\"|\"compact\"|
-\"verdict\"|\"summary\", ...}; times are RFC 3339 UTC.
+\"verdict\"|\"summary\", ...}; times are RFC 3339 UTC. The summary's
+failures, stalls and compaction_runs are exact counts; *_reported are the
+ones shown as records; by_order, top_failing ({order, gfp, gfp_text, count,
+caller, last_comm, last_pid}), top_callers; max_rate, rate_limited
+(allocations or runs not shown), rate_limited_events (their records), lost
+(records dropped, buffer full), counts_table_full, failures_table_full,
+stack_failed.
 
 --from-dmesg FILE reads a saved 'page allocation failure' report (with its
 Mem-Info block) and prints the same verdict for that moment; the kernel
@@ -82,6 +100,11 @@ pub struct Cli {
     #[arg(long, value_name = "auto|pre-4.4|modern", default_value = "auto", value_parser = parse_algo)]
     pub algo: AlgoChoice,
 
+    /// Show at most N allocations or compaction runs per CPU per second (0:
+    /// no limit); the rest are counted in the summary.
+    #[arg(long = "max-rate", value_name = "N", default_value = "10", value_parser = parse_rate, allow_negative_numbers = true)]
+    pub max_rate: u32,
+
     /// How long to run (60, 90s, 5m); default until Ctrl-C.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -120,6 +143,13 @@ fn parse_pid(s: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_rate(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (0..=u32::MAX as i64).contains(&n) => Ok(n as u32),
+        _ => Err(format!("max-rate must be a whole number >= 0 (0: no limit), got '{s}'")),
+    }
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
@@ -140,6 +170,8 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!((c.order, c.pid, c.interval, c.stack, c.json), (4, None, None, false, false));
         assert_eq!(c.algo, AlgoChoice(None));
+        assert_eq!(c.max_rate, 10);
+        assert_eq!(parse(&["--max-rate", "0"]).unwrap().max_rate, 0);
         let me = std::process::id().to_string();
         let c = parse(&["--order", "9", "-p", &me, "--interval", "5", "--stack", "--json", "--algo", "pre-4.4", "30"])
             .unwrap();
@@ -161,6 +193,8 @@ mod tests {
             (&["--interval", "0"], "interval must be"),
             (&["--algo", "3.10"], "unknown algorithm '3.10'"),
             (&["soon"], "invalid duration 'soon'"),
+            (&["--max-rate", "-1"], "max-rate must be a whole number >= 0"),
+            (&["--max-rate", "1.5"], "max-rate must be a whole number >= 0"),
         ];
         for (args, want) in cases {
             let e = parse(args).unwrap_err().to_string();

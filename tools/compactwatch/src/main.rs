@@ -10,6 +10,7 @@ mod dmesg;
 mod episode;
 mod gfp;
 mod offline;
+mod stats;
 mod tpformat;
 mod verdict;
 mod vmstat;
@@ -21,7 +22,7 @@ mod bpf {
 }
 
 use anyhow::{anyhow, Context, Result};
-use bpf::types::{cw_alloc_key, cw_alloc_val, cw_event, cw_stats};
+use bpf::types::{cw_alloc_key, cw_alloc_val, cw_event, cw_fail_key, cw_stats};
 use bpf::CompactwatchSkelBuilder;
 use decode::Decoders;
 use episode::{Ev, Finding, Stall, Tracker};
@@ -114,6 +115,7 @@ struct Ctx<'a> {
     symbolizer: Symbolizer,
     vm_last: vmstat::Counters,
     knobs: advice::Knobs,
+    max_rate: u32,
 }
 
 fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Result<()> {
@@ -124,6 +126,7 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
     ro.kd_use_ringbuf = transport == Transport::RingBuf;
     ro.min_order = cli.order;
     ro.target_tgid = cli.pid.unwrap_or(0);
+    ro.max_per_sec = cli.max_rate;
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).map_err(|e| anyhow!(e))?;
     let skel = open.load().context("loading the BPF programs")?;
 
@@ -200,6 +203,7 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
         symbolizer: Symbolizer::new(),
         vm_last: vmstat::read(),
         knobs: advice::Knobs::read_live(),
+        max_rate: cli.max_rate,
     };
     let mut tracker = Tracker::new(kernel);
     let mut zones = zoneinfo::read_live().map_err(|e| anyhow!(e))?;
@@ -474,6 +478,31 @@ fn emit_verdict(ctx: &mut Ctx, zones: &[zoneinfo::Zone], gfp: u64, why: &str, si
     Ok(sink.text(&t)?)
 }
 
+/// Every entry of a hash map whose key and value are the plain-data types
+/// `K` and `V`.
+fn entries<K: Copy, V: Copy>(map: &libbpf_rs::Map) -> Vec<(K, V)> {
+    map.keys()
+        .filter_map(|k| {
+            let v = map.lookup(&k, MapFlags::ANY).ok()??;
+            if k.len() < std::mem::size_of::<K>() || v.len() < std::mem::size_of::<V>() {
+                return None;
+            }
+            // SAFETY: K and V are the plain-data layouts of this map; lengths checked.
+            unsafe {
+                Some((
+                    std::ptr::read_unaligned(k.as_ptr() as *const K),
+                    std::ptr::read_unaligned(v.as_ptr() as *const V),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn comm_of(v: &cw_alloc_val) -> String {
+    let comm: Vec<u8> = v.last_comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&comm).into_owned()
+}
+
 fn summary(
     skel: &bpf::CompactwatchSkel,
     ctx: &mut Ctx,
@@ -484,79 +513,80 @@ fn summary(
     sink: &mut Sink,
 ) -> Result<()> {
     let per_cpu = skel.maps.stats.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?;
-    let mut st = cw_stats::default();
+    let mut st = stats::Totals::default();
     for v in per_cpu.unwrap_or_default() {
         if v.len() < std::mem::size_of::<cw_stats>() {
             continue;
         }
         // SAFETY: cw_stats is plain data and the length was checked.
-        let s = unsafe { std::ptr::read_unaligned(v.as_ptr() as *const cw_stats) };
-        for o in 0..st.alloc_ok.len() {
-            st.alloc_ok[o] += s.alloc_ok[o];
-            st.alloc_fail[o] += s.alloc_fail[o];
-        }
-        st.lost += s.lost;
-        st.counts_full += s.counts_full;
-        st.stack_failed += s.stack_failed;
+        st.add(&unsafe { std::ptr::read_unaligned(v.as_ptr() as *const cw_stats) });
     }
-    let mut top: Vec<(cw_alloc_key, cw_alloc_val)> = skel
-        .maps
-        .allocs
-        .keys()
-        .filter_map(|k| {
-            let v = skel.maps.allocs.lookup(&k, MapFlags::ANY).ok()??;
-            if k.len() < std::mem::size_of::<cw_alloc_key>() || v.len() < std::mem::size_of::<cw_alloc_val>() {
-                return None;
-            }
-            // SAFETY: plain data, lengths checked.
-            unsafe {
-                Some((
-                    std::ptr::read_unaligned(k.as_ptr() as *const cw_alloc_key),
-                    std::ptr::read_unaligned(v.as_ptr() as *const cw_alloc_val),
-                ))
-            }
-        })
+    let ok_rows = entries::<cw_alloc_key, cw_alloc_val>(&skel.maps.allocs)
+        .into_iter()
+        .map(|(k, v)| ((k.order, k.stack_id), v))
         .collect();
-    top.sort_by_key(|(_, v)| std::cmp::Reverse(v.count));
-    top.truncate(10);
-    let callers: Vec<Value> = top
+    let callers: Vec<Value> = stats::top(ok_rows, |v: &cw_alloc_val| v.count, 10)
         .iter()
-        .map(|(k, v)| {
-            let frames = kernel_stack(&skel.maps.stacks, k.stack_id, &mut ctx.symbolizer);
-            let comm: Vec<u8> = v.last_comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        .map(|((order, stack_id), v)| {
+            let frames = kernel_stack(&skel.maps.stacks, *stack_id, &mut ctx.symbolizer);
             json!({
-                "order": k.order, "count": v.count, "caller": caller(&frames),
-                "last_comm": String::from_utf8_lossy(&comm), "last_pid": v.last_pid,
+                "order": order, "count": v.count, "caller": caller(&frames),
+                "last_comm": comm_of(v), "last_pid": v.last_pid,
                 "stack": if ctx.stack { json!(frames) } else { Value::Null },
             })
         })
         .collect();
-    let by_order: Vec<Value> = (0..st.alloc_ok.len())
-        .filter(|&o| st.alloc_ok[o] + st.alloc_fail[o] > 0)
-        .map(|o| json!({"order": o, "ok": st.alloc_ok[o], "failed": st.alloc_fail[o]}))
+    let fail_rows = entries::<cw_fail_key, cw_alloc_val>(&skel.maps.fails)
+        .into_iter()
+        .map(|(k, v)| ((k.order, k.gfp, k.stack_id), v))
         .collect();
+    let failing: Vec<Value> = stats::top(fail_rows, |v: &cw_alloc_val| v.count, 10)
+        .iter()
+        .map(|((order, gfp, stack_id), v)| {
+            let frames = kernel_stack(&skel.maps.stacks, *stack_id, &mut ctx.symbolizer);
+            json!({
+                "order": order, "gfp": format!("{gfp:#x}"), "gfp_text": ctx.dec.gfp.decode(*gfp), "count": v.count,
+                "caller": caller(&frames), "last_comm": comm_of(v), "last_pid": v.last_pid,
+                "stack": if ctx.stack { json!(frames) } else { Value::Null },
+            })
+        })
+        .collect();
+    let by_order: Vec<Value> =
+        st.by_order().iter().map(|&(o, ok, failed)| json!({"order": o, "ok": ok, "failed": failed})).collect();
     let sum = json!({
         "type": "summary",
         "duration_s": rc.elapsed().as_secs_f64(),
         "stop_reason": reason,
         "min_order": ctx.order,
         "by_order": by_order,
-        "failures": counts.failures,
-        "stalls": counts.stalls,
-        "compaction_runs": counts.compact_runs,
+        "failures": st.failures(),
+        "failures_reported": counts.failures,
+        "stalls": st.stalls,
+        "stalls_reported": counts.stalls,
+        "compaction_runs": st.background_runs,
+        "compaction_runs_reported": counts.compact_runs,
+        "top_failing": failing,
         "top_callers": callers,
+        "max_rate": ctx.max_rate,
+        "rate_limited": st.rate_limited,
+        "rate_limited_events": st.rate_limited_events,
         "lost": st.lost + transport_lost,
         "counts_table_full": st.counts_full,
+        "failures_table_full": st.fails_full,
         "stack_failed": st.stack_failed,
     });
     if ctx.json {
         return Ok(sink.json(&sum)?);
     }
     let mut t = format!(
-        "compactwatch: {reason} after {:.1} s: {} failures, {} stalls, {} compaction runs outside allocations\n",
+        "compactwatch: {reason} after {:.1} s: {} failures ({} shown), {} stalls ({} shown), {} compaction runs \
+         outside allocations ({} shown)\n",
         rc.elapsed().as_secs_f64(),
+        st.failures(),
         counts.failures,
+        st.stalls,
         counts.stalls,
+        st.background_runs,
         counts.compact_runs
     );
     t += &format!("allocations of order >= {}:\n", ctx.order);
@@ -566,11 +596,16 @@ fn summary(
     for b in &by_order {
         t += &format!("  order {:>2}: {} ok, {} failed\n", b["order"], b["ok"], b["failed"]);
     }
-    if !callers.is_empty() {
-        t += "top callers of successful ones:\n";
-        for c in &callers {
+    for (title, rows) in [("top callers of failed ones:", &failing), ("top callers of successful ones:", &callers)] {
+        if rows.is_empty() {
+            continue;
+        }
+        t += title;
+        t += "\n";
+        for c in rows {
+            let mask = c["gfp_text"].as_str().map(|g| format!("  {g}")).unwrap_or_default();
             t += &format!(
-                "  {:>8}  order {:>2}  {}  (last: {} pid {})\n",
+                "  {:>8}  order {:>2}{mask}  {}  (last: {} pid {})\n",
                 c["count"],
                 c["order"],
                 c["caller"].as_str().unwrap_or(""),
@@ -584,12 +619,6 @@ fn summary(
             }
         }
     }
-    let lost = st.lost + transport_lost;
-    if lost + st.counts_full + st.stack_failed > 0 {
-        t += &format!(
-            "not recorded: {lost} events lost (buffer full), {} allocations uncounted (table full), {} stacks failed\n",
-            st.counts_full, st.stack_failed
-        );
-    }
+    t += &st.gaps_text(transport_lost, ctx.max_rate);
     Ok(sink.text(&t)?)
 }
