@@ -160,10 +160,26 @@ fn all_paths(root: &Path) -> Result<BTreeSet<String>> {
     Ok(set)
 }
 
+/// The shipped notice names every crate Cargo links into the tools, each
+/// with a license text, plus musl; read from the .deb's own tree.
+fn third_party_licenses_ship(p: &Packages) -> Result<()> {
+    let path = p.deb.parent().unwrap().join("root/usr/share/doc/kdiag/THIRD-PARTY-LICENSES");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let crates = super::licenses::shipped_crates()?;
+    ensure!(crates.len() > 20, "only {} crates found", crates.len());
+    for c in &crates {
+        ensure!(text.contains(&format!("\n{} {}\nLicense: ", c.name, c.version)), "{} {} is not in the notice", c.name, c.version);
+    }
+    ensure!(text.contains("Permission is hereby granted"), "no MIT text in the notice");
+    ensure!(text.contains("\nmusl libc\nLicense: MIT"), "musl is not in the notice");
+    Ok(())
+}
+
 /// Run every check; each counts as one test in the suite's tally.
 pub fn run_checks(p: &Packages, tally: &mut Tally) -> Result<()> {
-    let checks: [(&str, fn(&Packages) -> Result<()>); 5] = [
+    let checks: [(&str, fn(&Packages) -> Result<()>); 6] = [
         ("binaries_are_static", binaries_are_static),
+        ("third_party_licenses_ship", third_party_licenses_ship),
         ("deb_lists_the_files", deb_lists_the_files),
         ("rpm_lists_the_files_and_verifies", rpm_lists_the_files_and_verifies),
         ("rpm_installs_and_erases_clean", rpm_installs_and_erases_clean),

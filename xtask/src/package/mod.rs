@@ -7,6 +7,7 @@
 //! the target distributions trust, and they need nothing compiled first.
 
 pub mod check;
+pub mod licenses;
 
 use crate::setup::{apt_install, run};
 use crate::tasks::{binary, build, workspace_root, TOOLS};
@@ -85,6 +86,7 @@ fn stage(root: &Path) -> Result<()> {
     write(&doc.join("README.md"), fs::read(src.join("README.md"))?, 0o644)?;
     write(&doc.join("LICENSE"), fs::read(src.join("LICENSE"))?, 0o644)?;
     write(&doc.join("copyright"), fs::read(pkg.join("copyright"))?, 0o644)?;
+    write(&doc.join("THIRD-PARTY-LICENSES"), licenses::third_party_text()?, 0o644)?;
     write(&doc.join("k8s/irqoff-daemonset.yaml"), fs::read(pkg.join("k8s/irqoff-daemonset.yaml"))?, 0o644)?;
     write(&doc.join("k8s/README.md"), fs::read(pkg.join("k8s/README.md"))?, 0o644)?;
     write(
