@@ -51,6 +51,44 @@ const volatile bool kd_use_ringbuf = true;
 		__r;                                                           \
 	})
 
+/* The tool's counters: one struct of u64s per CPU, so no two CPUs ever
+ * write the same one; userspace adds them up (maps::sum_counters). */
+#define KD_STATS(stats_type)                                          \
+	struct {                                                      \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);              \
+		__uint(max_entries, 1);                               \
+		__type(key, __u32);                                   \
+		__type(value, struct stats_type);                     \
+	} stats SEC(".maps");                                         \
+	static __always_inline struct stats_type *kd_stats(void)      \
+	{                                                             \
+		__u32 __zero = 0;                                     \
+		return bpf_map_lookup_elem(&stats, &__zero);          \
+	}
+
+#define KD_COUNT(field)                                               \
+	do {                                                          \
+		__typeof__(kd_stats()) __s = kd_stats();              \
+		if (__s)                                              \
+			__s->field++;                                 \
+	} while (0)
+
+/* A failed bpf_get_stackid() into the counters stack_eexist, stack_enomem,
+ * stack_efault and stack_other (maps::StackFailures): EEXIST is a hash
+ * collision long before the map is full, and says to make it bigger. */
+#define KD_COUNT_STACK_FAILURE(err)                                   \
+	do {                                                          \
+		long __e = (err);                                     \
+		if (__e == -17)                                       \
+			KD_COUNT(stack_eexist);                       \
+		else if (__e == -12)                                  \
+			KD_COUNT(stack_enomem);                       \
+		else if (__e == -14)                                  \
+			KD_COUNT(stack_efault);                       \
+		else                                                  \
+			KD_COUNT(stack_other);                        \
+	} while (0)
+
 /* log2 slot, the rule of shared/src/histogram.rs: 0 and 1 in slot 0. */
 static __always_inline __u32 kd_log2(__u64 v)
 {

@@ -60,12 +60,7 @@ struct {
 	__type(value, struct rq_state);
 } tracked SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct brq_stats);
-} stats SEC(".maps");
+KD_STATS(brq_stats);
 
 /* Kernels before 6.5 have no block_io_start, and the functions that first
  * see a new request (blk_mq_bio_to_request...) are static and inlined, so
@@ -110,13 +105,6 @@ struct brq_stats brq_stats_layout = {};
 struct request___old {
 	struct gendisk *rq_disk;
 };
-
-static __always_inline struct brq_stats *stat(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
 
 static __always_inline __u32 disk_dev(struct request *rq)
 {
@@ -257,7 +245,7 @@ static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 
 	if (!ptr || id >= BRQ_MAX_TARGETS)
 		return 0;
-	s = stat();
+	s = kd_stats();
 	if (!s)
 		return 0;
 	s->hits++;

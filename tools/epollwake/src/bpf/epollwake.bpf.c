@@ -118,12 +118,7 @@ struct {
 	__type(value, struct src_slot);
 } slots SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ew_stats);
-} stats SEC(".maps");
+KD_STATS(ew_stats);
 
 /* Perf-buffer path only: one slot per event kind, large enough for any. */
 struct scratch_buf {
@@ -146,16 +141,9 @@ struct ew_fd_event ew_fd_event_layout = {};
 struct ew_uprobe ew_uprobe_layout = {};
 struct ew_stats ew_stats_layout = {};
 
-static __always_inline struct ew_stats *stat(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
-
 static __always_inline void count_lost(void)
 {
-	struct ew_stats *s = stat();
+	struct ew_stats *s = kd_stats();
 
 	if (s)
 		__sync_fetch_and_add(&s->lost, 1);
@@ -287,7 +275,7 @@ static __always_inline int wait_enter(struct trace_event_raw_sys_enter *ctx, __u
 	w.enter_ts = bpf_ktime_get_ns();
 	w.syscall = sc;
 	bpf_map_update_elem(&waiting, &tid, &w, BPF_ANY);
-	s = stat();
+	s = kd_stats();
 	if (s)
 		__sync_fetch_and_add(&s->waits, 1);
 	return 0;
@@ -444,7 +432,7 @@ static __always_inline void epitem_enter(wait_queue_entry_t *wait)
 	struct epitem *epi;
 	struct src_slot *sl = slot_for(0);
 	struct sock_cb *cb = sock_cb_now();
-	struct ew_stats *s = stat();
+	struct ew_stats *s = kd_stats();
 	__u64 now = bpf_ktime_get_ns();
 	struct file *file;
 
@@ -531,7 +519,7 @@ int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 	w = bpf_map_lookup_elem(&waiting, &tid);
 	if (!w)
 		return 0;
-	s = stat();
+	s = kd_stats();
 	e = kd_reserve(events, &scratch, EW_WAKE, sizeof(*e));
 	if (!e) {
 		count_lost();

@@ -14,12 +14,8 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "kdiag.bpf.h"
 #include "funcstack.h"
-
-/* errno values; vmlinux.h carries types, not macros. */
-#define EFAULT 14
-#define EEXIST 17
-#define ENOMEM 12
 
 const volatile __u32 target_tgid = 0;
 const volatile bool filter_comm = false;
@@ -51,30 +47,11 @@ struct {
 	__type(value, __u64);
 } rets SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct fs_stats);
-} stats SEC(".maps");
+KD_STATS(fs_stats);
 
 struct fs_key fs_key_layout = {};
 struct fs_ret_key fs_ret_key_layout = {};
 struct fs_stats fs_stats_layout = {};
-
-static __always_inline struct fs_stats *st(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
-
-#define COUNT(field)                          \
-	do {                                  \
-		struct fs_stats *__s = st();  \
-		if (__s)                      \
-			__s->field++;         \
-	} while (0)
 
 static __always_inline bool wanted(__u32 tgid)
 {
@@ -95,18 +72,6 @@ static __always_inline bool wanted(__u32 tgid)
 	return true;
 }
 
-static __always_inline void count_stack_error(long id)
-{
-	if (id == -EEXIST)
-		COUNT(stack_eexist);
-	else if (id == -ENOMEM)
-		COUNT(stack_enomem);
-	else if (id == -EFAULT)
-		COUNT(stack_efault);
-	else
-		COUNT(stack_other);
-}
-
 static __always_inline int record(void *ctx, __u64 ip)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -115,9 +80,9 @@ static __always_inline int record(void *ctx, __u64 ip)
 	__u64 one = 1, *v;
 	long sid;
 
-	COUNT(hits);
+	KD_COUNT(hits);
 	if (!wanted(tgid)) {
-		COUNT(filtered);
+		KD_COUNT(filtered);
 		return 0;
 	}
 	key.ip = ip;
@@ -126,13 +91,13 @@ static __always_inline int record(void *ctx, __u64 ip)
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	sid = bpf_get_stackid(ctx, &stacks, 0);
 	if (sid < 0)
-		count_stack_error(sid);
+		KD_COUNT_STACK_FAILURE(sid);
 	key.kstack = sid;
 	key.ustack = FS_NOT_TAKEN;
 	if (want_ustack && tgid) {
 		sid = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 		if (sid < 0)
-			count_stack_error(sid);
+			KD_COUNT_STACK_FAILURE(sid);
 		key.ustack = sid;
 	}
 	v = bpf_map_lookup_elem(&counts, &key);
@@ -148,7 +113,7 @@ static __always_inline int record(void *ctx, __u64 ip)
 		if (v)
 			__sync_fetch_and_add(v, 1);
 		else
-			COUNT(keys_dropped);
+			KD_COUNT(keys_dropped);
 	}
 	return 0;
 }
@@ -188,7 +153,7 @@ static __always_inline int record_ret(__u64 ip, __s64 val)
 		if (v)
 			__sync_fetch_and_add(v, 1);
 		else
-			COUNT(rets_dropped);
+			KD_COUNT(rets_dropped);
 	}
 	return 0;
 }

@@ -26,6 +26,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "kdiag.bpf.h"
 #include "offwaketime.h"
 
 const volatile __u32 n_tgids = 0;
@@ -106,12 +107,7 @@ struct {
 	__type(value, struct owt_val);
 } counts SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct owt_stats);
-} stats SEC(".maps");
+KD_STATS(owt_stats);
 
 /* Per CPU: inside how many hardirq handlers, and which softirq vector is
  * being served (vector + 1, 0 for none). Kept from the irq tracepoints
@@ -144,20 +140,6 @@ static __always_inline struct irq_state *irq_state(void)
 
 	return bpf_map_lookup_elem(&irq_ctx, &zero);
 }
-
-static __always_inline struct owt_stats *st(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
-
-#define COUNT(field)                              \
-	do {                                      \
-		struct owt_stats *__s = st();     \
-		if (__s)                          \
-			__s->field++;             \
-	} while (0)
 
 static __always_inline bool wanted(__u32 tgid, __u32 pid, __u32 flags)
 {
@@ -204,16 +186,8 @@ static __always_inline __s32 stack_of_current(void *ctx, __u64 flags)
 {
 	long id = bpf_get_stackid(ctx, &stacks, flags);
 
-	if (id < 0) {
-		if (id == -17)
-			COUNT(stack_eexist);
-		else if (id == -12)
-			COUNT(stack_enomem);
-		else if (id == -14)
-			COUNT(stack_efault);
-		else
-			COUNT(stack_other);
-	}
+	if (id < 0)
+		KD_COUNT_STACK_FAILURE(id);
 	return id;
 }
 
@@ -270,9 +244,9 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		rec.kstack = rec.ustack = OWT_NOT_TAKEN;
 	}
 	if (bpf_map_update_elem(&offs, &pid, &rec, BPF_ANY))
-		COUNT(sleeps_dropped);
+		KD_COUNT(sleeps_dropped);
 	else
-		COUNT(sleeps);
+		KD_COUNT(sleeps);
 }
 
 static __always_inline __u32 waker_context(__u32 *vec)
@@ -317,9 +291,9 @@ static __always_inline void waking(void *ctx, __u32 pid)
 	}
 store:
 	if (bpf_map_update_elem(&wakes, &pid, &rec, BPF_ANY))
-		COUNT(wakeups_dropped);
+		KD_COUNT(wakeups_dropped);
 	else
-		COUNT(wakeups);
+		KD_COUNT(wakeups);
 }
 
 static __always_inline void add(struct owt_key *key, __u64 blocked, __u64 runq)
@@ -331,7 +305,7 @@ static __always_inline void add(struct owt_key *key, __u64 blocked, __u64 runq)
 		bpf_map_update_elem(&counts, key, &zero, BPF_NOEXIST);
 		v = bpf_map_lookup_elem(&counts, key);
 		if (!v) {
-			COUNT(keys_dropped);
+			KD_COUNT(keys_dropped);
 			return;
 		}
 	}
@@ -364,7 +338,7 @@ static __always_inline void switch_in(void *ctx, __u32 pid, bool current_is_next
 		if (w && w->ts + RACE_WINDOW_NS < off->ts)
 			w = NULL;
 		if (!w) {
-			COUNT(unseen_wakeups);
+			KD_COUNT(unseen_wakeups);
 			key.w_ctx = OWT_CTX_UNSEEN;
 			blocked = now - off->ts;
 			runq = 0;
@@ -379,7 +353,7 @@ static __always_inline void switch_in(void *ctx, __u32 pid, bool current_is_next
 		judged = blocked;
 	}
 	if (judged < min_ns || judged > max_ns) {
-		COUNT(filtered_time);
+		KD_COUNT(filtered_time);
 		goto done;
 	}
 	key.t_pid = pid;
@@ -401,7 +375,7 @@ static __always_inline void switch_in(void *ctx, __u32 pid, bool current_is_next
 		__builtin_memcpy(key.w_comm, w->comm, sizeof(key.w_comm));
 	}
 	add(&key, blocked, runq);
-	COUNT(switch_ins);
+	KD_COUNT(switch_ins);
 done:
 	bpf_map_delete_elem(&offs, &pid);
 	if (w)
