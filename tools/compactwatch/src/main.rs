@@ -512,15 +512,8 @@ fn summary(
     counts: &Counts,
     sink: &mut Sink,
 ) -> Result<()> {
-    let per_cpu = skel.maps.stats.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?;
     let mut st = stats::Totals::default();
-    for v in per_cpu.unwrap_or_default() {
-        if v.len() < std::mem::size_of::<cw_stats>() {
-            continue;
-        }
-        // SAFETY: cw_stats is plain data and the length was checked.
-        st.add(&unsafe { std::ptr::read_unaligned(v.as_ptr() as *const cw_stats) });
-    }
+    st.add(&kdiag_shared::maps::sum_counters::<cw_stats>(&skel.maps.stats).context("reading statistics")?);
     let ok_rows = entries::<cw_alloc_key, cw_alloc_val>(&skel.maps.allocs)
         .into_iter()
         .map(|(k, v)| ((k.order, k.stack_id), v))

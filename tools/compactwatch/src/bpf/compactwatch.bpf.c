@@ -71,12 +71,7 @@ struct {
 	__type(value, struct cw_alloc_val);
 } fails SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct cw_stats);
-} stats SEC(".maps");
+KD_STATS(cw_stats);
 
 /* The current second and the units reported in it, on this CPU. */
 struct rate_state {
@@ -120,12 +115,6 @@ struct trace_event_raw_mm_page_alloc___page {
 				      &ctx->field);                                 \
 	} while (0)
 
-static __always_inline struct cw_stats *get_stats(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
 
 static __always_inline bool tgid_wanted(__u64 pid_tgid)
 {
@@ -137,7 +126,7 @@ static __always_inline struct cw_event *new_event(__u32 kind, __u64 pid_tgid)
 	struct cw_event *e = kd_reserve(events, &scratch, 0, sizeof(*e));
 
 	if (!e) {
-		struct cw_stats *s = get_stats();
+		struct cw_stats *s = kd_stats();
 		if (s)
 			s->lost++;
 		return 0;
@@ -157,7 +146,7 @@ static __always_inline struct cw_event *new_event(__u32 kind, __u64 pid_tgid)
 static __always_inline void send(void *ctx, struct cw_event *e)
 {
 	if (kd_submit(ctx, events, e, sizeof(*e))) {
-		struct cw_stats *s = get_stats();
+		struct cw_stats *s = kd_stats();
 		if (s)
 			s->lost++;
 	}
@@ -183,7 +172,7 @@ static __always_inline bool over_rate(void)
 	}
 	if (++r->count <= max_per_sec)
 		return false;
-	s = get_stats();
+	s = kd_stats();
 	if (s)
 		s->rate_limited++;
 	return true;
@@ -192,7 +181,7 @@ static __always_inline bool over_rate(void)
 /* A record a rate-limited unit did not send. */
 static __always_inline void withheld(void)
 {
-	struct cw_stats *s = get_stats();
+	struct cw_stats *s = kd_stats();
 
 	if (s)
 		s->rate_limited_events++;
@@ -224,7 +213,7 @@ static __always_inline __s32 stack_of(void *ctx)
 	__s32 id = bpf_get_stackid(ctx, &stacks, 0);
 
 	if (id < 0) {
-		struct cw_stats *s = get_stats();
+		struct cw_stats *s = kd_stats();
 		if (s)
 			s->stack_failed++;
 	}
@@ -255,7 +244,7 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 		failed = BPF_CORE_READ(old, page) == 0;
 	}
 	CW_READ_UINT(gfp, ctx, gfp_flags);
-	s = get_stats();
+	s = kd_stats();
 	if (s && order < CW_MAX_ORDER) {
 		if (failed)
 			s->alloc_fail[order]++;
@@ -469,7 +458,7 @@ int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
 		return 0;
 	t->running = 0;
 	if (!t->active) {
-		struct cw_stats *s = get_stats();
+		struct cw_stats *s = kd_stats();
 		if (s)
 			s->background_runs++;
 	}
