@@ -103,8 +103,16 @@ fn run(cli: cli::Cli) -> Result<()> {
 
     let mut ranges = [[0u64; 2]; 3];
     let have_data_ready = tracefs.join("events/sock/sk_data_ready").is_dir();
-    if !epitem {
-        let k = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let k = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    // The socket callbacks that mark one event for herd grouping, where this
+    // kernel has them as functions of their own; without one, its herds
+    // are grouped by timing instead.
+    let (mut readable_cb, mut wakeup_cb) = (false, false);
+    if epitem {
+        let found = kallsyms::function_ranges(&k, &KSYMS[1..]).unwrap_or_default();
+        readable_cb = found.contains_key("sock_def_readable");
+        wakeup_cb = found.contains_key("sock_def_wakeup");
+    } else {
         match kallsyms::function_ranges(&k, &KSYMS) {
             Ok(r) => {
                 for (i, name) in KSYMS.iter().enumerate() {
@@ -136,13 +144,22 @@ fn run(cli: cli::Cli) -> Result<()> {
     p.ew_fexit_epcb.set_autoload(mech == Mechanism::Fentry);
     p.ew_kprobe_epcb.set_autoload(mech == Mechanism::Kprobe);
     p.ew_kretprobe_epcb.set_autoload(mech == Mechanism::Kprobe);
-    for prog in [&mut p.ew_fentry_readable, &mut p.ew_fexit_readable, &mut p.ew_fentry_wakeup, &mut p.ew_fexit_wakeup] {
-        prog.set_autoload(mech == Mechanism::Fentry);
-    }
-    for prog in
-        [&mut p.ew_kprobe_readable, &mut p.ew_kretprobe_readable, &mut p.ew_kprobe_wakeup, &mut p.ew_kretprobe_wakeup]
-    {
-        prog.set_autoload(mech == Mechanism::Kprobe);
+    let fentry = mech == Mechanism::Fentry;
+    let kprobe = mech == Mechanism::Kprobe;
+    p.ew_fentry_readable.set_autoload(fentry && readable_cb);
+    p.ew_fexit_readable.set_autoload(fentry && readable_cb);
+    p.ew_fentry_wakeup.set_autoload(fentry && wakeup_cb);
+    p.ew_fexit_wakeup.set_autoload(fentry && wakeup_cb);
+    p.ew_kprobe_readable.set_autoload(kprobe && readable_cb);
+    p.ew_kretprobe_readable.set_autoload(kprobe && readable_cb);
+    p.ew_kprobe_wakeup.set_autoload(kprobe && wakeup_cb);
+    p.ew_kretprobe_wakeup.set_autoload(kprobe && wakeup_cb);
+    if epitem {
+        for (found, name) in [(readable_cb, "sock_def_readable"), (wakeup_cb, "sock_def_wakeup")] {
+            if !found {
+                notes.push(format!("{name} is not in /proc/kallsyms: its herds are grouped by timing"));
+            }
+        }
     }
     p.ew_data_ready.set_autoload(!epitem && have_data_ready);
     p.ew_set_state.set_autoload(!epitem);
@@ -197,8 +214,10 @@ fn run(cli: cli::Cli) -> Result<()> {
 
     // Signals are ours before the banner tells anyone we are running.
     let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
-    let how = if epitem {
+    let how = if epitem && notes.is_empty() {
         "ep_poll_callback's epitem names the file and fd".to_string()
+    } else if epitem {
+        format!("ep_poll_callback's epitem names the file and fd ({})", notes.join("; "))
     } else if notes.is_empty() {
         "sockets from sock:sk_data_ready and sock:inet_sock_set_state, tied to wake-ups through \
          ep_poll_callback in the waker's stack"
