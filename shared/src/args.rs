@@ -111,9 +111,6 @@ mod tests {
     fn keeps_only_what_is_wrong() {
         let msg = "error: invalid value '-5' for '--threshold <MS>': threshold must be at least 1 ms\n\n\
                    For more information, try '--help'.\n";
-        assert_eq!(
-            one_line(msg),
-            "invalid value '-5' for '--threshold <MS>': threshold must be at least 1 ms"
-        );
+        assert_eq!(one_line(msg), "invalid value '-5' for '--threshold <MS>': threshold must be at least 1 ms");
     }
 }

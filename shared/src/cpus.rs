@@ -52,11 +52,7 @@ pub fn select(requested: Option<&str>, online: &[u32]) -> Result<Vec<u32>, Strin
     let cpus = parse_list(req)?;
     let missing: Vec<u32> = cpus.iter().copied().filter(|c| !online.contains(c)).collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "CPU {} is not online (online CPUs: {})",
-            format_list(&missing),
-            format_list(online)
-        ));
+        return Err(format!("CPU {} is not online (online CPUs: {})", format_list(&missing), format_list(online)));
     }
     Ok(cpus)
 }

@@ -57,13 +57,7 @@ impl Log2Hist {
             let (low, high) = if s == 0 { (0, 1) } else { (1u64 << s, (1u64 << (s + 1)) - 1) };
             let c = self.counts[s];
             let stars = (c * 40).div_ceil(max) as usize;
-            out.push_str(&format!(
-                "{:>10} -> {:<10} : {:<8} |{:<40}|\n",
-                low,
-                high,
-                c,
-                "*".repeat(stars.min(40))
-            ));
+            out.push_str(&format!("{:>10} -> {:<10} : {:<8} |{:<40}|\n", low, high, c, "*".repeat(stars.min(40))));
         }
         out
     }

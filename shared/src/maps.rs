@@ -135,9 +135,8 @@ mod tests {
         };
         let map = MapHandle::create(MapType::PercpuArray, Some("kd_test_sum"), 4, 16, 1, &opts).unwrap();
         let cpus = libbpf_rs::num_possible_cpus().unwrap();
-        let values: Vec<Vec<u8>> = (0..cpus as u64)
-            .map(|c| [c + 1, 10 * (c + 1)].iter().flat_map(|v| v.to_ne_bytes()).collect())
-            .collect();
+        let values: Vec<Vec<u8>> =
+            (0..cpus as u64).map(|c| [c + 1, 10 * (c + 1)].iter().flat_map(|v| v.to_ne_bytes()).collect()).collect();
         map.update_percpu(&0u32.to_ne_bytes(), &values, MapFlags::ANY).unwrap();
         let n = cpus as u64;
         let want = Counters { hits: n * (n + 1) / 2, lost: 10 * n * (n + 1) / 2 };

@@ -121,9 +121,8 @@ impl PerfEvent {
     pub fn open(spec: EventSpec, cpu: u32) -> Result<Self, OpenError> {
         let mut attr = spec.attr();
         // SAFETY: attr is a valid, fully initialised perf_event_attr.
-        let fd = unsafe {
-            sys::perf_event_open(&mut attr, -1, cpu as i32, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _)
-        };
+        let fd =
+            unsafe { sys::perf_event_open(&mut attr, -1, cpu as i32, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _) };
         if fd < 0 {
             return Err(OpenError { event: spec.name(), cpu, errno: Errno::last() });
         }
@@ -177,8 +176,7 @@ where
 pub fn open_and_attach(spec: EventSpec, cpus: &[u32], prog_fd: RawFd) -> Result<Vec<PerfEvent>, OpenError> {
     let events = open_on_cpus(cpus, |cpu| PerfEvent::open(spec, cpu))?;
     for ev in &events {
-        ev.attach_bpf(prog_fd)
-            .map_err(|errno| OpenError { event: spec.name(), cpu: ev.cpu, errno })?;
+        ev.attach_bpf(prog_fd).map_err(|errno| OpenError { event: spec.name(), cpu: ev.cpu, errno })?;
     }
     Ok(events)
 }

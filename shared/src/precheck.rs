@@ -32,8 +32,8 @@ pub fn check(needs: Needs) -> Result<(), String> {
 }
 
 fn effective_caps() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -60,9 +60,7 @@ pub fn tracefs() -> Result<PathBuf, String> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-    let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         return Err(format!("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {err}"));

@@ -39,8 +39,7 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-const SIGNALS: [(i32, &str); 3] =
-    [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")];
+const SIGNALS: [(i32, &str); 3] = [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")];
 
 pub struct RunControl {
     signal: Arc<AtomicUsize>,

@@ -15,11 +15,7 @@ pub fn skeleton(src: &str, name: &str) {
     let inc = include_dir();
     libbpf_cargo::SkeletonBuilder::new()
         .source(src)
-        .clang_args([
-            format!("-I{}", inc.display()),
-            "-Wall".to_string(),
-            "-Wno-unused-function".to_string(),
-        ])
+        .clang_args([format!("-I{}", inc.display()), "-Wall".to_string(), "-Wno-unused-function".to_string()])
         .build_and_generate(&out)
         .unwrap_or_else(|e| panic!("compiling {src}: {e:#}"));
     let src_dir = PathBuf::from(src).parent().map(PathBuf::from).unwrap_or_default();

@@ -136,8 +136,8 @@ pub fn held_by(pid: u32) -> Held {
             held.perf_events += 1;
         }
         let name = fd.file_name();
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy()))
-            .unwrap_or_default();
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy())).unwrap_or_default();
         for line in info.lines() {
             let mut kv = line.splitn(2, ':');
             let (k, v) = (kv.next().unwrap_or(""), kv.next().unwrap_or("").trim());

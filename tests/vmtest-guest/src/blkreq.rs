@@ -149,13 +149,19 @@ fn check(rep: &mut Reporter, name: &str, dev: &LoopDev, forced: Option<&str>, wa
     let banner = run.banner();
     let want_banner = format!("functions: backend {want}");
     let steps = |r: &Value| -> Vec<String> {
-        r["steps"].as_array().map(|s| s.iter().filter_map(|s| s["step"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+        r["steps"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|s| s["step"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     let with_func = requests.iter().filter(|r| steps(r).iter().any(|s| s == FUNC)).count();
     // Lifecycle marks and tracepoints aside, what is left are the functions
     // only the backend under test can have seen.
     let plain = |r: &Value| {
-        steps(r).into_iter().filter(|s| !s.starts_with("tracepoint:") && !["admit", "end", "after end"].contains(&s.as_str())).count()
+        steps(r)
+            .into_iter()
+            .filter(|s| !s.starts_with("tracepoint:") && !["admit", "end", "after end"].contains(&s.as_str()))
+            .count()
     };
     let all_plain = requests.iter().all(|r| plain(r) > 0);
     // Show a request that missed FUNC if there is one: on 6.1 a request can

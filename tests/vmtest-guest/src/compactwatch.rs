@@ -13,8 +13,8 @@
 //! case the summary's order-5 failures are exactly the module's count and
 //! no record is lost.
 
-use crate::tool::{run_tool, Run};
 use crate::sys::{self, Kmod};
+use crate::tool::{run_tool, Run};
 use crate::{Ctx, Reporter};
 use serde_json::Value;
 use std::thread;

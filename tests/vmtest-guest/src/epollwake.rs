@@ -44,8 +44,7 @@ fn case(backend: &str, bind: &str, family: &str, local_ip: &str) -> Result<Strin
     let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend.into()];
     args.extend(server.tid_args());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (run, client) =
-        run_tool("/bin/epollwake", &argv, true, Duration::from_secs(30), || server.client_session())?;
+    let (run, client) = run_tool("/bin/epollwake", &argv, true, Duration::from_secs(30), || server.client_session())?;
     if !run.ok() {
         return Err(format!("epollwake {}: {}", argv.join(" "), run.why()));
     }

@@ -62,7 +62,13 @@ fn syms(stack: &Value) -> Vec<&str> {
 
 fn describe(s: &Value) -> String {
     let k = syms(&s["kernel_stack"]);
-    format!("{} {} x{} [{}]", s["target"], s["comm"], s["count"], k.iter().take(6).copied().collect::<Vec<_>>().join("<"))
+    format!(
+        "{} {} x{} [{}]",
+        s["target"],
+        s["comm"],
+        s["count"],
+        k.iter().take(6).copied().collect::<Vec<_>>().join("<")
+    )
 }
 
 /// The tool's run, or a FAIL line and None.

@@ -16,14 +16,14 @@
 //!   kdiag_absent=m1,m2      attach mechanisms this kernel must refuse
 
 mod backends;
-mod irqoff;
-mod offwaketime;
-mod funcstack;
-mod kmod;
 mod blkreq;
 mod compactwatch;
 mod epollwake;
+mod funcstack;
+mod irqoff;
+mod kmod;
 mod ladder;
+mod offwaketime;
 mod sys;
 mod tool;
 

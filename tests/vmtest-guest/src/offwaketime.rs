@@ -23,8 +23,6 @@ const WRITER: &str = "owt-writer";
 const SLEEP_MS: u64 = 50;
 const ROUNDS: u64 = 10;
 
-
-
 pub fn gettid() -> i32 {
     // SAFETY: gettid takes no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
@@ -143,10 +141,13 @@ fn check(rep: &mut Reporter, name: &str, forced: Option<&str>, want: &str) {
     };
     if pipe.is_empty() {
         let all: Vec<String> = groups.iter().map(|g| describe(g)).collect();
-        return rep.fail(name, format!("no {READER} sleep in pipe_read among {} groups: {}", groups.len(), all.join("; ")));
+        return rep
+            .fail(name, format!("no {READER} sleep in pipe_read among {} groups: {}", groups.len(), all.join("; ")));
     }
     let by_writer = |g: &&Value| {
-        g["waker"]["context"] == "task" && g["waker"]["comm"] == WRITER && has(&g["waker"]["kernel_stack"], "pipe_write")
+        g["waker"]["context"] == "task"
+            && g["waker"]["comm"] == WRITER
+            && has(&g["waker"]["kernel_stack"], "pipe_write")
     };
     let wrong: Vec<String> = pipe.iter().filter(|g| !by_writer(g)).map(|g| describe(g)).collect();
     let count: u64 = pipe.iter().map(|g| g["count"].as_u64().unwrap_or(0)).sum();

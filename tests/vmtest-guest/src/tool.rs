@@ -28,9 +28,13 @@ impl Run {
     }
 
     pub fn banner(&self) -> String {
-        self.stderr.iter().take_while(|l| !l.contains("Ctrl-C to end.")).chain(
-            self.stderr.iter().find(|l| l.contains("Ctrl-C to end."))
-        ).cloned().collect::<Vec<_>>().join(" | ")
+        self.stderr
+            .iter()
+            .take_while(|l| !l.contains("Ctrl-C to end."))
+            .chain(self.stderr.iter().find(|l| l.contains("Ctrl-C to end.")))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     /// Exit status and the end of stderr, for a FAIL line.
@@ -69,8 +73,12 @@ pub fn run_tool<T>(
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
     let readers = [
-        thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(Line::Out(l))))),
-        thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(Line::Err(l))))),
+        thread::spawn(move || {
+            BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(Line::Out(l))))
+        }),
+        thread::spawn(move || {
+            BufReader::new(err).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(Line::Err(l))))
+        }),
     ];
     let mut run = Run { status: None, stdout: Vec::new(), stderr: Vec::new(), secs: 0.0 };
     // Attaching hundreds of functions under TCG takes a while.
@@ -124,7 +132,6 @@ pub fn run_tool<T>(
     run.secs = t.elapsed().as_secs_f64();
     Ok((run, result))
 }
-
 
 /// Name the calling thread as the kernel reports it (comm).
 pub fn set_comm(name: &str) {

@@ -40,7 +40,9 @@ impl Plan {
             return format!("- ({why})");
         }
         match t.site.kind {
-            Kind::Function => self.funcs.map(|m| m.name().to_string()).unwrap_or_else(|| "- (no function probes here)".into()),
+            Kind::Function => {
+                self.funcs.map(|m| m.name().to_string()).unwrap_or_else(|| "- (no function probes here)".into())
+            }
             Kind::Tracepoint => self.tps.mechanism.name().to_string(),
         }
     }
@@ -50,10 +52,8 @@ impl Plan {
         let funcs = match &self.funcs_choice {
             Ok(c) => format!("functions: {}", c.explain()),
             Err(e) => {
-                let why = e
-                    .strip_prefix("no usable backend on this kernel (")
-                    .and_then(|w| w.strip_suffix(')'))
-                    .unwrap_or(e);
+                let why =
+                    e.strip_prefix("no usable backend on this kernel (").and_then(|w| w.strip_suffix(')')).unwrap_or(e);
                 format!("functions: none ({why}), following requests through block tracepoints and their stacks only")
             }
         };
@@ -310,7 +310,8 @@ fn attach_kmulti(a: &mut Attached, funcs: &[&Target]) {
 fn attach_kprobes(a: &mut Attached, funcs: &[&Target]) {
     let prog = find_prog(&mut a.core, "brq_kprobe").expect("kprobe program");
     let ptr = prog.as_libbpf_object().as_ptr() as usize;
-    let jobs: Vec<(String, String, u64)> = funcs.iter().map(|t| (t.label(), t.site.name.clone(), t.id as u64)).collect();
+    let jobs: Vec<(String, String, u64)> =
+        funcs.iter().map(|t| (t.label(), t.site.name.clone(), t.id as u64)).collect();
     let per = jobs.len().div_ceil(8).max(1);
     let results: Vec<(String, Result<Link, String>)> = quiet(|| {
         std::thread::scope(|s| {

@@ -104,9 +104,9 @@ pub fn passes_only_a_bio(btf: &Btf<'_>, tracepoint: &str) -> bool {
         btf.type_by_id::<BtfType<'_>>(ty).is_some_and(|t| {
             let t = t.skip_mods_and_typedefs();
             t.kind() == BtfKind::Ptr
-                && t.next_type().map(|s| s.skip_mods_and_typedefs()).is_some_and(|s| {
-                    s.kind() == BtfKind::Struct && s.name().is_some_and(|n| n == "bio")
-                })
+                && t.next_type()
+                    .map(|s| s.skip_mods_and_typedefs())
+                    .is_some_and(|s| s.kind() == BtfKind::Struct && s.name().is_some_and(|n| n == "bio"))
         })
     };
     params.len() == 2 && is_bio(params[1].ty)

@@ -91,7 +91,10 @@ mod tests {
     fn ops_by_name() {
         assert_eq!(parse_op("WRITE", &ops()), Ok(1));
         assert_eq!(parse_op("write-zeroes", &ops()), Ok(9));
-        assert_eq!(parse_op("wirte", &ops()).unwrap_err(), "unknown --op 'wirte' (this kernel has: read, write, flush, write_zeroes)");
+        assert_eq!(
+            parse_op("wirte", &ops()).unwrap_err(),
+            "unknown --op 'wirte' (this kernel has: read, write, flush, write_zeroes)"
+        );
         assert_eq!(op_name(1 | (1 << 11), &ops()), "WRITE");
         assert_eq!(op_name(42, &ops()), "OP42");
     }

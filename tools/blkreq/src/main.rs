@@ -21,10 +21,10 @@ use bpf::types::{brq_event, brq_stats};
 use cli::Format;
 use kdiag_shared::backend;
 use kdiag_shared::output::Sink;
+use kdiag_shared::precheck;
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{EventStream, Kind as Transport};
-use kdiag_shared::precheck;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -66,8 +66,8 @@ fn run(cli: cli::Cli) -> Result<()> {
         None => None,
     };
     let sites = btfscan::scan_kernel().map_err(|e| anyhow!(e))?;
-    let resolved = targets::resolve(&sites, &cli.include, &cli.exclude, &btfscan::kallsyms_text())
-        .map_err(|e| anyhow!(e))?;
+    let resolved =
+        targets::resolve(&sites, &cli.include, &cli.exclude, &btfscan::kallsyms_text()).map_err(|e| anyhow!(e))?;
     let plan = attach::plan(forced).map_err(|e| anyhow!(e))?;
 
     if cli.list {
@@ -269,7 +269,9 @@ fn list(res: &Resolved, plan: &attach::Plan) -> String {
         if t.role & targets::HIDDEN != 0 {
             role.push_str(" (excluded: tracked, not shown)");
         }
-        out.push_str(&format!("{:<48} {:<6} {:<24} {}\n", t.label(), args.join(","), plan.method_of(t), role).trim_end());
+        out.push_str(
+            &format!("{:<48} {:<6} {:<24} {}\n", t.label(), args.join(","), plan.method_of(t), role).trim_end(),
+        );
         out.push('\n');
     }
     let shown = res.all().count();

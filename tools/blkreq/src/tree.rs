@@ -274,7 +274,13 @@ mod tests {
         assert_eq!(ctx, Context::Softirq);
         assert_eq!(
             p,
-            ["handle_softirqs", "blk_done_softirq", "blk_mq_end_request", "blk_update_request", "tracepoint:block_rq_complete"]
+            [
+                "handle_softirqs",
+                "blk_done_softirq",
+                "blk_mq_end_request",
+                "blk_update_request",
+                "tracepoint:block_rq_complete"
+            ]
         );
     }
 

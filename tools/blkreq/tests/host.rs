@@ -177,7 +177,11 @@ fn three_requests_tree_and_timeline() {
     assert_eq!(s["completed"], 3, "{s}");
     assert_eq!(s["steps_lost"], 0, "{s}");
     // The host has no kprobes and no fentry: tracepoints only, and said so.
-    assert!(out.stderr.contains("following requests through block tracepoints and their stacks only"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("following requests through block tracepoints and their stacks only"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("fentry: EPERM"), "{}", out.stderr);
 
     let reqs = requests(&lines);
@@ -317,7 +321,10 @@ fn exclude_hides_tracepoints_at_run_time() {
     assert_eq!(summary(&lines)["requests"], 2, "{}", out.stdout);
     for r in requests(&lines) {
         let names = steps(r);
-        assert!(!names.iter().any(|n| *n == "tracepoint:block_rq_issue" || n.starts_with("tracepoint:block_io_")), "{names:?}");
+        assert!(
+            !names.iter().any(|n| *n == "tracepoint:block_rq_issue" || n.starts_with("tracepoint:block_io_")),
+            "{names:?}"
+        );
         assert!(names.contains(&"tracepoint:block_rq_complete"), "{names:?}");
     }
 }
@@ -367,7 +374,8 @@ fn list_attaches_nothing() {
         .map(|p| p.name.to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("brq_")), "--list loaded {names:?}");
-    let line = out.stdout.lines().find(|l| l.starts_with("tracepoint:block_rq_complete")).expect("block_rq_complete listed");
+    let line =
+        out.stdout.lines().find(|l| l.starts_with("tracepoint:block_rq_complete")).expect("block_rq_complete listed");
     let f: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&f[1..4], ["0", "tp_btf", "end"], "{line}");
     let two = out.stdout.lines().find(|l| l.starts_with("attempt_merge ")).expect("attempt_merge listed");

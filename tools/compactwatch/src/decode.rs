@@ -18,11 +18,7 @@ pub struct Decoders {
 
 fn btf_enum(btf: &Btf, name: &str) -> Option<Table> {
     let e: Enum = btf.type_by_name(name)?;
-    Some(
-        e.iter()
-            .filter_map(|m| Some((m.value as u64, m.name?.to_string_lossy().into_owned())))
-            .collect(),
-    )
+    Some(e.iter().filter_map(|m| Some((m.value as u64, m.name?.to_string_lossy().into_owned()))).collect())
 }
 
 /// `COMPACT_NO_SUITABLE_PAGE` -> `no_suitable_page`, the tracepoint's spelling.
@@ -59,10 +55,24 @@ impl Decoders {
             .and_then(|f| f.symbolic_table("idx"))
             .or_else(|| {
                 let t = btf_enum(btf.as_ref()?, "zone_type")?;
-                Some(t.into_iter().filter(|(_, n)| n != "__MAX_NR_ZONES").map(|(v, n)| {
-                    let n = n.trim_start_matches("ZONE_");
-                    (v, if n == "NORMAL" { "Normal".into() } else if n == "MOVABLE" { "Movable".into() } else { n.to_string() })
-                }).collect())
+                Some(
+                    t.into_iter()
+                        .filter(|(_, n)| n != "__MAX_NR_ZONES")
+                        .map(|(v, n)| {
+                            let n = n.trim_start_matches("ZONE_");
+                            (
+                                v,
+                                if n == "NORMAL" {
+                                    "Normal".into()
+                                } else if n == "MOVABLE" {
+                                    "Movable".into()
+                                } else {
+                                    n.to_string()
+                                },
+                            )
+                        })
+                        .collect(),
+                )
             })
             .unwrap_or_default();
         Decoders { gfp, status, status_source, zones }
@@ -77,7 +87,11 @@ impl Decoders {
     }
 
     pub fn zone(&self, idx: u32) -> String {
-        self.zones.iter().find(|(n, _)| *n == idx as u64).map(|(_, s)| s.clone()).unwrap_or_else(|| format!("zone{idx}"))
+        self.zones
+            .iter()
+            .find(|(n, _)| *n == idx as u64)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| format!("zone{idx}"))
     }
 }
 

@@ -185,7 +185,9 @@ impl Tracker {
                         1u64 << ev.e.clamp(0, 63),
                         ev.f
                     ),
-                    DEFER_COMPACTION => format!("{z}: compaction failed, deferring the next {} attempts", 1u64 << ev.e.clamp(0, 63)),
+                    DEFER_COMPACTION => {
+                        format!("{z}: compaction failed, deferring the next {} attempts", 1u64 << ev.e.clamp(0, 63))
+                    }
                     _ => format!("{z}: deferral reset after success"),
                 };
                 s.zone_notes.push(note);
@@ -336,7 +338,14 @@ mod tests {
         assert_eq!(st.zone_notes, vec!["Node 0 Normal: suitable=continue"]);
         assert_eq!(
             st.runs,
-            vec![Run { zone: "Node 0 Normal".into(), mode: "async", status: "success".into(), duration_us: 3000, migrated: 512, failed: 0 }]
+            vec![Run {
+                zone: "Node 0 Normal".into(),
+                mode: "async",
+                status: "success".into(),
+                duration_us: 3000,
+                migrated: 512,
+                failed: 0
+            }]
         );
     }
 

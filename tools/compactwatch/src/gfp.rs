@@ -215,9 +215,11 @@ pub fn compaction_forbidden(m: &Meaning, order: u32, kernel: KernelVersion) -> O
         return Some("order-0 allocations are never compacted for".into());
     }
     if !m.can_reclaim {
-        return Some("the mask does not allow direct reclaim (atomic or NOWAIT allocation): \
+        return Some(
+            "the mask does not allow direct reclaim (atomic or NOWAIT allocation): \
                      no reclaim and no compaction are tried"
-            .into());
+                .into(),
+        );
     }
     let old = kernel < KernelVersion(4, 10);
     match (m.io, m.fs) {

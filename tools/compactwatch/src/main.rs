@@ -182,14 +182,15 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
 
     let pending: Rc<RefCell<Vec<Ev>>> = Rc::default();
     let sink_pending = pending.clone();
-    let stream = EventStream::open(transport, &[(&skel.maps.events_ring, &skel.maps.events_perf)], move |data: &[u8]| {
-        if data.len() >= std::mem::size_of::<cw_event>() {
-            // SAFETY: cw_event is plain data and the length was checked.
-            let e = unsafe { std::ptr::read_unaligned(data.as_ptr() as *const cw_event) };
-            sink_pending.borrow_mut().push(to_ev(&e));
-        }
-    })
-    .map_err(|e| anyhow!(e))?;
+    let stream =
+        EventStream::open(transport, &[(&skel.maps.events_ring, &skel.maps.events_perf)], move |data: &[u8]| {
+            if data.len() >= std::mem::size_of::<cw_event>() {
+                // SAFETY: cw_event is plain data and the length was checked.
+                let e = unsafe { std::ptr::read_unaligned(data.as_ptr() as *const cw_event) };
+                sink_pending.borrow_mut().push(to_ev(&e));
+            }
+        })
+        .map_err(|e| anyhow!(e))?;
 
     let mut sink = Sink::stdout();
     let mut ctx = Ctx {
@@ -271,11 +272,8 @@ fn kernel_stack(map: &libbpf_rs::Map, id: i32, sym: &mut Symbolizer) -> Vec<Stri
         return vec![];
     }
     let Ok(Some(raw)) = map.lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY) else { return vec![] };
-    let addrs: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-        .take_while(|&a| a != 0)
-        .collect();
+    let addrs: Vec<u64> =
+        raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).take_while(|&a| a != 0).collect();
     sym.kernel_stack(&addrs)
         .into_iter()
         .filter(|f| !f.sym.as_deref().is_some_and(is_tracer_frame))

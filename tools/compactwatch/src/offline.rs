@@ -27,9 +27,11 @@ fn kernel_of(r: &Report) -> (KernelVersion, Option<String>) {
     if r.mode_names.is_none() && old_name && pre44_bits {
         return (
             KernelVersion(3, 10),
-            Some("version not in the report; pre-4.4 inferred: warn_alloc_failed in the trace, mode printed \
+            Some(
+                "version not in the report; pre-4.4 inferred: warn_alloc_failed in the trace, mode printed \
                   without names, __GFP_WAIT-era bits"
-                .into()),
+                    .into(),
+            ),
         );
     }
     if r.mode_names.is_some() {
@@ -121,7 +123,12 @@ mod tests {
 
         let text = v.text();
         assert!(text.contains("Node 1 Normal"), "{text}");
-        assert!(text.contains("FAILS at step o=3: after taking away 7920 pages in order-3 blocks, 1673 pages left <= min>>4 = 3208"), "{text}");
+        assert!(
+            text.contains(
+                "FAILS at step o=3: after taking away 7920 pages in order-3 blocks, 1673 pages left <= min>>4 = 3208"
+            ),
+            "{text}"
+        );
         assert!(text.contains("compaction not attempted: the mask lacks __GFP_FS"), "{text}");
         let advice = crate::advice::advise(v, &crate::advice::Knobs::default());
         assert!(advice[0].contains("compact_memory") && advice[0].contains("drop_caches"), "{advice:?}");

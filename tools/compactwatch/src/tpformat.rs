@@ -236,7 +236,9 @@ mod tests {
     fn expressions_of_6x_and_4x_tables() {
         assert_eq!(eval("( unsigned long)(( gfp_t)((((1UL))) << (10)))"), Some(1 << 10));
         assert_eq!(
-            eval("( unsigned long)((( gfp_t)(((((1UL))) << (10))|((((1UL))) << (11)))) | (( gfp_t)((((1UL))) << (6))))"),
+            eval(
+                "( unsigned long)((( gfp_t)(((((1UL))) << (10))|((((1UL))) << (11)))) | (( gfp_t)((((1UL))) << (6))))"
+            ),
             Some(0x440 | 0x800)
         );
         assert_eq!(eval("(unsigned long)((gfp_t)0x400000u)"), Some(0x400000));

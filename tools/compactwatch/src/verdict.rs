@@ -72,10 +72,7 @@ pub fn highest_zoneidx(m: Option<&Meaning>, zones: &[Zone]) -> usize {
 
 pub fn judge(req: Request, zones: &[Zone], debugfs: bool) -> Verdict {
     let hz = highest_zoneidx(req.meaning.as_ref(), zones);
-    let flags = req
-        .meaning
-        .map(|m| Flags { high: m.high, harder: !m.can_reclaim, cma: m.movable })
-        .unwrap_or_default();
+    let flags = req.meaning.map(|m| Flags { high: m.high, harder: !m.can_reclaim, cma: m.movable }).unwrap_or_default();
     let other_algo = if req.algo == Algo::Pre44 { Algo::Modern } else { Algo::Pre44 };
     let (dbg_u, dbg_x) = if debugfs {
         (crate::debugfs::read_index("unusable_index"), crate::debugfs::read_index("extfrag_index"))

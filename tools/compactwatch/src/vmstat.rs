@@ -47,7 +47,9 @@ mod tests {
 
     #[test]
     fn deltas_of_the_counters_that_matter() {
-        let a = parse("nr_free_pages 5\ncompact_stall 87914\ncompact_fail 40935\nallocstall_normal 3\npgmigrate_success 0\n");
+        let a = parse(
+            "nr_free_pages 5\ncompact_stall 87914\ncompact_fail 40935\nallocstall_normal 3\npgmigrate_success 0\n",
+        );
         assert_eq!(a.len(), 4);
         let b = parse("compact_stall 87914\ncompact_fail 40936\nallocstall_normal 5\npgmigrate_success 0\n");
         let d = delta(&a, &b);

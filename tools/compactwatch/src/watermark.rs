@@ -258,10 +258,7 @@ mod tests {
         let c = check(&z, 2, 100, 2, Flags::default(), Algo::Pre44);
         assert_eq!(c.ok, Some(false));
         // f = 1000 - 3 = 997 > 100; o=0: 997-600 = 397 > 50; o=1: 397-400 = -3 <= 25.
-        assert_eq!(
-            c.failing_step(),
-            Some(&Step::Lower { o: 1, removed: 400, left: -3, min: 25, ok: false })
-        );
+        assert_eq!(c.failing_step(), Some(&Step::Lower { o: 1, removed: 400, left: -3, min: 25, ok: false }));
         // The modern check only asks for a block of order >= 2: none.
         let m = check(&z, 2, 100, 2, Flags::default(), Algo::Modern);
         assert_eq!(m.failing_step(), Some(&Step::Block { order: 2, found_at: None, ok: false }));

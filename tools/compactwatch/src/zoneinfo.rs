@@ -69,8 +69,7 @@ pub fn parse_zoneinfo(text: &str) -> Vec<Zone> {
         let Some(z) = zones.last_mut() else { continue };
         let t = line.trim();
         if let Some(p) = t.strip_prefix("protection:") {
-            z.protection =
-                p.trim().trim_matches(['(', ')']).split(',').filter_map(|v| v.trim().parse().ok()).collect();
+            z.protection = p.trim().trim_matches(['(', ')']).split(',').filter_map(|v| v.trim().parse().ok()).collect();
             continue;
         }
         let mut f = t.split_whitespace();
@@ -199,7 +198,10 @@ Node 0, zone  Movable
         assert_eq!((z[1].name.as_str(), z[1].idx, z[1].free_cma, z[1].high), ("Normal", 1, 7, 12750));
         assert_eq!(z[1].start_pfn, 1048576);
         assert!(z[1].contains_pfn(1048576 + 5505023) && !z[1].contains_pfn(1048575));
-        apply_buddyinfo(&mut z, "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n");
+        apply_buddyinfo(
+            &mut z,
+            "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n",
+        );
         assert_eq!(z[0].nr_free.len(), 11);
         assert_eq!(z[0].largest_free_order(), Some(10));
         apply_pagetypeinfo(

@@ -76,7 +76,10 @@ fn seed_report_gives_the_articles_conclusion() {
     assert!(out.status.success(), "{out:?}");
     let t = &out.stdout;
     assert!(t.contains("kworker/31:0 pid 635928: order 5 mode 0x104050, caller osdmap_set_max_osd [libceph]"), "{t}");
-    assert!(t.contains("(GFP_NOFS|__GFP_COMP|__GFP_KMEMCG) on kernel 3.10 (version not in the report; pre-4.4 inferred"), "{t}");
+    assert!(
+        t.contains("(GFP_NOFS|__GFP_COMP|__GFP_KMEMCG) on kernel 3.10 (version not in the report; pre-4.4 inferred"),
+        "{t}"
+    );
     assert!(t.contains("compaction not attempted: the mask lacks __GFP_FS (GFP_NOFS)"), "{t}");
     let node1 = t.split("Node 1 Normal").nth(1).unwrap();
     assert!(
@@ -120,7 +123,11 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         let out = run(BIN, args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
-        assert!(out.stderr.starts_with("compactwatch: ") && out.stderr.contains(want.as_str()), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("compactwatch: ") && out.stderr.contains(want.as_str()),
+            "{args:?}: {}",
+            out.stderr
+        );
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
     std::fs::remove_file(&junk).unwrap();
@@ -184,7 +191,8 @@ fn compaction_runs_are_reported_with_status_and_duration() {
     let runs: Vec<&Value> = lines.iter().filter(|l| l["type"] == "compact").collect();
     let populated = populated_zones();
     assert_eq!(runs.len(), populated, "one run per populated zone: {runs:?}");
-    let status_table = std::fs::read_to_string("/sys/kernel/tracing/events/compaction/mm_compaction_end/format").unwrap();
+    let status_table =
+        std::fs::read_to_string("/sys/kernel/tracing/events/compaction/mm_compaction_end/format").unwrap();
     for run in &runs {
         assert_eq!(run["pid"].as_u64(), Some(std::process::id() as u64));
         assert_eq!(run["mode"], "sync", "compact_memory compacts synchronously: {run}");

@@ -111,7 +111,8 @@ mod tests {
 
     #[test]
     fn full_call() {
-        let c = parse(&["-p", "4182", "-t", "4449", "-t", "4450", "--port", "15006", "--summary", "--json", "5m"]).unwrap();
+        let c =
+            parse(&["-p", "4182", "-t", "4449", "-t", "4450", "--port", "15006", "--summary", "--json", "5m"]).unwrap();
         assert_eq!(c.pid, Some(4182));
         assert_eq!(c.tids, vec![4449, 4450]);
         assert_eq!(c.port, Some(15006));

@@ -121,8 +121,11 @@ impl Herds {
             return None;
         }
         a.accepted = true;
-        (eagain && a.epoll_woken)
-            .then(|| Charge { kind: Wasted::AcceptEagain, group: a.wake.group, key: a.wake.key.clone() })
+        (eagain && a.epoll_woken).then(|| Charge {
+            kind: Wasted::AcceptEagain,
+            group: a.wake.group,
+            key: a.wake.key.clone(),
+        })
     }
 }
 

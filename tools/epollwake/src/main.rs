@@ -174,13 +174,37 @@ fn run(cli: cli::Cli) -> Result<()> {
     let mut links: Vec<Link> = Vec::new();
     let p = &skel.progs;
     let all = [
-        &p.ew_enter_wait, &p.ew_enter_pwait, &p.ew_enter_pwait2, &p.ew_exit_wait, &p.ew_exit_pwait,
-        &p.ew_exit_pwait2, &p.ew_data_ready, &p.ew_set_state, &p.ew_fentry_epcb, &p.ew_fexit_epcb,
-        &p.ew_kprobe_epcb, &p.ew_kretprobe_epcb, &p.ew_waking, &p.ew_switch, &p.ew_enter_accept,
-        &p.ew_enter_accept4, &p.ew_exit_accept, &p.ew_exit_accept4, &p.ew_enter_close, &p.ew_enter_ctl,
-        &p.ew_exit_ctl, &p.ew_softirq_entry, &p.ew_softirq_exit, &p.ew_fentry_readable, &p.ew_fexit_readable,
-        &p.ew_fentry_wakeup, &p.ew_fexit_wakeup, &p.ew_kprobe_readable, &p.ew_kretprobe_readable,
-        &p.ew_kprobe_wakeup, &p.ew_kretprobe_wakeup,
+        &p.ew_enter_wait,
+        &p.ew_enter_pwait,
+        &p.ew_enter_pwait2,
+        &p.ew_exit_wait,
+        &p.ew_exit_pwait,
+        &p.ew_exit_pwait2,
+        &p.ew_data_ready,
+        &p.ew_set_state,
+        &p.ew_fentry_epcb,
+        &p.ew_fexit_epcb,
+        &p.ew_kprobe_epcb,
+        &p.ew_kretprobe_epcb,
+        &p.ew_waking,
+        &p.ew_switch,
+        &p.ew_enter_accept,
+        &p.ew_enter_accept4,
+        &p.ew_exit_accept,
+        &p.ew_exit_accept4,
+        &p.ew_enter_close,
+        &p.ew_enter_ctl,
+        &p.ew_exit_ctl,
+        &p.ew_softirq_entry,
+        &p.ew_softirq_exit,
+        &p.ew_fentry_readable,
+        &p.ew_fexit_readable,
+        &p.ew_fentry_wakeup,
+        &p.ew_fexit_wakeup,
+        &p.ew_kprobe_readable,
+        &p.ew_kretprobe_readable,
+        &p.ew_kprobe_wakeup,
+        &p.ew_kretprobe_wakeup,
     ];
     for prog in all {
         if !prog.autoload() {
@@ -194,20 +218,17 @@ fn run(cli: cli::Cli) -> Result<()> {
     if let Some((path, found)) = &uprobes {
         for (i, t) in found.iter().enumerate() {
             let opts = UprobeOpts { cookie: i as u64, ..Default::default() };
-            let link = skel
-                .progs
-                .ew_uprobe
-                .attach_uprobe_with_opts(pid as i32, path, t.file_offset as usize, opts)
-                .map_err(|e| anyhow!("--uprobe: attaching to {} in {}: {}", t.name, path.display(), libbpf_err(&e)))?;
+            let link =
+                skel.progs.ew_uprobe.attach_uprobe_with_opts(pid as i32, path, t.file_offset as usize, opts).map_err(
+                    |e| anyhow!("--uprobe: attaching to {} in {}: {}", t.name, path.display(), libbpf_err(&e)),
+                )?;
             links.push(link);
             uprobe_names.push(t.name.clone());
         }
     }
     // After the syscall programs are attached, so no thread falls between.
-    let already: Vec<target::Waiting> = target::waiting_threads(pid)
-        .into_iter()
-        .filter(|w| cli.tids.is_empty() || cli.tids.contains(&w.tid))
-        .collect();
+    let already: Vec<target::Waiting> =
+        target::waiting_threads(pid).into_iter().filter(|w| cli.tids.is_empty() || cli.tids.contains(&w.tid)).collect();
     for w in &already {
         seed_waiting(&skel.maps.waiting, w);
     }
@@ -232,17 +253,22 @@ fn run(cli: cli::Cli) -> Result<()> {
         if cli.tids.is_empty() { String::new() } else { format!(" threads {:?}", cli.tids) },
         already.len(),
         transport.name(),
-        if uprobe_names.is_empty() { String::new() } else { format!("; uprobes on {} function(s)", uprobe_names.len()) },
+        if uprobe_names.is_empty() {
+            String::new()
+        } else {
+            format!("; uprobes on {} function(s)", uprobe_names.len())
+        },
     );
 
     let inbox: Rc<RefCell<Vec<Event>>> = Rc::default();
     let sink_inbox = inbox.clone();
-    let stream = EventStream::open(transport, &[(&skel.maps.events_ring, &skel.maps.events_perf)], move |data: &[u8]| {
-        if let Some(ev) = Event::decode(data) {
-            sink_inbox.borrow_mut().push(ev);
-        }
-    })
-    .map_err(|e| anyhow!(e))?;
+    let stream =
+        EventStream::open(transport, &[(&skel.maps.events_ring, &skel.maps.events_perf)], move |data: &[u8]| {
+            if let Some(ev) = Event::decode(data) {
+                sink_inbox.borrow_mut().push(ev);
+            }
+        })
+        .map_err(|e| anyhow!(e))?;
 
     let opts = Options { json: cli.json, stacks: cli.stacks, filter: Filter { fd: cli.fd, port: cli.port } };
     let mut timeline = Timeline::new(pid, opts, uprobe_names);
@@ -333,7 +359,9 @@ mod tests {
         let p = &mut open.progs;
         p.ew_fentry_epcb.set_autoload(false);
         p.ew_fexit_epcb.set_autoload(false);
-        for prog in [&mut p.ew_fentry_readable, &mut p.ew_fexit_readable, &mut p.ew_fentry_wakeup, &mut p.ew_fexit_wakeup] {
+        for prog in
+            [&mut p.ew_fentry_readable, &mut p.ew_fexit_readable, &mut p.ew_fentry_wakeup, &mut p.ew_fexit_wakeup]
+        {
             prog.set_autoload(false);
         }
         p.ew_data_ready.set_autoload(false);

@@ -91,8 +91,7 @@ impl Socket {
             0 if r.family == AF_UNIX => "unix".to_string(),
             p => p.to_string(),
         };
-        let state =
-            if r.protocol == IPPROTO_TCP { tcp_state_name(r.state).to_string() } else { r.state.to_string() };
+        let state = if r.protocol == IPPROTO_TCP { tcp_state_name(r.state).to_string() } else { r.state.to_string() };
         Some(Socket {
             family,
             protocol,

@@ -14,7 +14,9 @@ pub fn comm(pid: u32) -> Option<String> {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the ")" closing the command name.
-        Ok(s) => s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X"),
+        Ok(s) => {
+            s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
+        }
         Err(_) => false,
     }
 }

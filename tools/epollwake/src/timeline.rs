@@ -11,10 +11,10 @@ use crate::mask;
 use crate::report::{Body, Count, EpollEvent, Record, Summary, WakerInfo};
 use crate::socket::Socket;
 use crate::waker::{self, Cause};
-use kdiag_shared::Errno;
 use kdiag_shared::histogram::Log2Hist;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::symbolize::Symbolizer;
+use kdiag_shared::Errno;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How long a record waits for the rest of its group before it is
@@ -130,7 +130,10 @@ impl Timeline {
                 let frames = self.symbolizer.kernel_stack(&w.stack[..n]);
                 let syms: Vec<&str> = frames.iter().map(|f| f.sym.as_deref().unwrap_or("")).collect();
                 let vec = (w.softirq != 0).then(|| {
-                    self.softirqs.get(w.softirq as usize - 1).cloned().unwrap_or_else(|| format!("vec {}", w.softirq - 1))
+                    self.softirqs
+                        .get(w.softirq as usize - 1)
+                        .cloned()
+                        .unwrap_or_else(|| format!("vec {}", w.softirq - 1))
                 });
                 let how = waker::classify(&syms, vec.as_deref());
                 let socket = Socket::decode(&events::raw_sock(&w.sock));
@@ -265,7 +268,8 @@ impl Timeline {
     pub fn flush(&mut self, sink: &mut Sink, all: bool) -> std::io::Result<()> {
         let now = WallClock::monotonic_now();
         self.pending.sort_by_key(|(r, _)| r.mono_ns);
-        let n = if all { self.pending.len() } else { self.pending.partition_point(|(r, _)| r.mono_ns + HOLD_NS <= now) };
+        let n =
+            if all { self.pending.len() } else { self.pending.partition_point(|(r, _)| r.mono_ns + HOLD_NS <= now) };
         let ready: Vec<_> = self.pending.drain(..n).collect();
         for (mut rec, charge) in ready {
             if self.finish(&mut rec, charge) {

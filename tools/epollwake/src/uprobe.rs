@@ -151,8 +151,10 @@ mod tests {
 
     #[test]
     fn demangles_cpp_and_rust() {
-        assert_eq!(demangle("_ZN5Envoy5Event13FileEventImpl12assignEventsEj").as_deref(),
-                   Some("Envoy::Event::FileEventImpl::assignEvents(unsigned int)"));
+        assert_eq!(
+            demangle("_ZN5Envoy5Event13FileEventImpl12assignEventsEj").as_deref(),
+            Some("Envoy::Event::FileEventImpl::assignEvents(unsigned int)")
+        );
         assert_eq!(demangle("_ZN4host6server6handle17h0123456789abcdefE").as_deref(), Some("host::server::handle"));
         assert_eq!(demangle("main"), None);
     }

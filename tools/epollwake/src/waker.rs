@@ -102,7 +102,10 @@ pub fn classify(syms: &[&str], softirq: Option<&str>) -> Waker {
     } else if syms.contains(&"hrtimer_wakeup") {
         (Cause::Timeout, Some("hrtimer_wakeup".to_string()))
     } else if syms.iter().any(|s| s.starts_with("signal_wake_up") || *s == "complete_signal") {
-        (Cause::Signal, syms.iter().find(|s| !is_plumbing(s) && !s.starts_with("signal_wake_up")).map(|s| s.to_string()))
+        (
+            Cause::Signal,
+            syms.iter().find(|s| !is_plumbing(s) && !s.starts_with("signal_wake_up")).map(|s| s.to_string()),
+        )
     } else {
         (Cause::Other, syms.iter().find(|s| !is_plumbing(s)).map(|s| s.to_string()))
     };
@@ -166,16 +169,25 @@ mod tests {
     #[test]
     fn timeout_and_signal() {
         let t = classify(
-            &["try_to_wake_up", "hrtimer_wakeup", "__hrtimer_run_queues", "hrtimer_interrupt", "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt"],
+            &[
+                "try_to_wake_up",
+                "hrtimer_wakeup",
+                "__hrtimer_run_queues",
+                "hrtimer_interrupt",
+                "__sysvec_apic_timer_interrupt",
+                "sysvec_apic_timer_interrupt",
+            ],
             None,
         );
         assert_eq!((t.context, t.cause), (Context::Hardirq, Cause::Timeout));
         assert_eq!(t.irq.as_deref(), Some("apic_timer"));
-        let s = classify(&["try_to_wake_up", "signal_wake_up_state", "complete_signal", "__send_signal_locked", "do_send_sig_info"], None);
+        let s = classify(
+            &["try_to_wake_up", "signal_wake_up_state", "complete_signal", "__send_signal_locked", "do_send_sig_info"],
+            None,
+        );
         assert_eq!(s.cause, Cause::Signal);
         assert_eq!(s.via.as_deref(), Some("complete_signal"));
         let o = classify(&["try_to_wake_up", "futex_wake"], None);
         assert_eq!((o.cause, o.via.as_deref()), (Cause::Other, Some("futex_wake")));
     }
-
 }

@@ -99,7 +99,8 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
 /// puts its trampoline above the target, unnamed: `[FTRACE TRAMPOLINE]`
 /// (6.12) or a bare address (6.1).
 pub fn trim(frames: Vec<Frame>, target: &str) -> Vec<Frame> {
-    let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
+    let skip =
+        frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
     let mut rest: Vec<Frame> = frames.into_iter().skip(skip).collect();
     let unnamed = |f: &Frame| f.sym.as_deref().is_none_or(|s| s.starts_with('[') || s.starts_with("0x"));
     let trampolines = rest.iter().take_while(|f| unnamed(f)).count();
@@ -319,9 +320,18 @@ mod tests {
         assert_eq!(RetValue::Exact(0).label(), "0");
         assert_eq!(RetValue::Range(12).label(), "[0x1000, 0x1fff]");
         let r = RetEntry::new("f".into(), RetValue::Range(12), 3);
-        assert_eq!(serde_json::to_value(&r).unwrap(), serde_json::json!({"type":"ret","target":"f","range":[4096,8191],"count":3}));
-        let t = rets_text(&[RetEntry::new("f".into(), RetValue::Exact(0), 1), RetEntry::new("f".into(), RetValue::Exact(-2), 4)]);
-        assert_eq!(t, "Return values of f:\n    -2 (ENOENT)                  : 4\n    0                            : 1\n\n");
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"type":"ret","target":"f","range":[4096,8191],"count":3})
+        );
+        let t = rets_text(&[
+            RetEntry::new("f".into(), RetValue::Exact(0), 1),
+            RetEntry::new("f".into(), RetValue::Exact(-2), 4),
+        ]);
+        assert_eq!(
+            t,
+            "Return values of f:\n    -2 (ENOENT)                  : 4\n    0                            : 1\n\n"
+        );
     }
 
     #[test]

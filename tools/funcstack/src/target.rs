@@ -161,9 +161,7 @@ impl Kallsyms {
         }
         if let Some(f) = &self.filterable {
             if !f.contains(name) {
-                return Some(
-                    "the kernel marks it notrace: it is not in available_filter_functions".to_string()
-                );
+                return Some("the kernel marks it notrace: it is not in available_filter_functions".to_string());
             }
         }
         None
@@ -179,10 +177,17 @@ impl Kallsyms {
 /// What will be traced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolved {
-    Tracepoint { group: String, name: String },
+    Tracepoint {
+        group: String,
+        name: String,
+    },
     /// Function names, sorted; `excluded` are glob matches left out, with
     /// why.
-    Functions { names: Vec<String>, excluded: Vec<(String, String)>, glob: bool },
+    Functions {
+        names: Vec<String>,
+        excluded: Vec<(String, String)>,
+        glob: bool,
+    },
 }
 
 impl Resolved {
@@ -206,7 +211,10 @@ pub fn resolve_functions(spec: &Spec, k: &Kallsyms) -> Result<Resolved, String> 
                 return Ok(Resolved::Functions { names: vec![name.clone()], excluded: vec![], glob: false });
             }
             if let Some(s) = hits.first() {
-                return Err(format!("{name} is not a function: kallsyms lists it as a symbol of type '{}' (data)", s.kind));
+                return Err(format!(
+                    "{name} is not a function: kallsyms lists it as a symbol of type '{}' (data)",
+                    s.kind
+                ));
             }
             let clones: BTreeSet<&str> = k
                 .syms
@@ -370,7 +378,10 @@ ffffffff83000000 D jiffies_64
         let only: BTreeSet<String> = ["vfs_fsync".to_string()].into();
         let k = Kallsyms::parse(KALLSYMS, Some(only));
         let e = resolve_functions(&Spec::Function("vfs_fsync_range".into()), &k).unwrap_err();
-        assert_eq!(e, "vfs_fsync_range is not traceable: the kernel marks it notrace: it is not in available_filter_functions");
+        assert_eq!(
+            e,
+            "vfs_fsync_range is not traceable: the kernel marks it notrace: it is not in available_filter_functions"
+        );
     }
 
     #[test]

@@ -111,11 +111,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     // test) that the run has started.
     let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     let mode = if hw { "hardware NMI" } else { "software cpu-clock" };
-    eprintln!(
-        "irqoff: {mode} mode, resolution {} us: {}",
-        period.as_micros(),
-        choice.explain()
-    );
+    eprintln!("irqoff: {mode} mode, resolution {} us: {}", period.as_micros(), choice.explain());
     if let Err(e) = &idle_link {
         eprintln!(
             "irqoff: warning: cannot follow idle time (power:cpu_idle: {}); late timers on idle \
@@ -135,10 +131,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     let sink_pending = pending.clone();
     let stream = EventStream::open(
         transport,
-        &[
-            (&skel.maps.events_ring, &skel.maps.events_perf),
-            (&skel.maps.nmi_events_ring, &skel.maps.nmi_events_perf),
-        ],
+        &[(&skel.maps.events_ring, &skel.maps.events_perf), (&skel.maps.nmi_events_ring, &skel.maps.nmi_events_perf)],
         move |data: &[u8]| {
             if data.len() >= std::mem::size_of::<irqoff_event>() {
                 // SAFETY: irqoff_event is plain data and the length was checked.
@@ -228,10 +221,8 @@ fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -
 
 /// Per-CPU counters of the CPUs we watched, indexed like `cpus`.
 fn read_stats(map: &libbpf_rs::Map, cpus: &[u32]) -> Result<Vec<irqoff_stats>> {
-    let per_cpu = map
-        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .context("reading statistics")?
-        .unwrap_or_default();
+    let per_cpu =
+        map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?.unwrap_or_default();
     Ok(cpus
         .iter()
         .map(|&c| {
@@ -289,7 +280,6 @@ fn summarize(
         hist_us: hist,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

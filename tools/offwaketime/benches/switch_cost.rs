@@ -89,7 +89,8 @@ fn main() {
     let reps: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5);
     let unrelated = Unrelated(Command::new("sleep").arg("3600").stdout(Stdio::null()).spawn().unwrap());
     let upid = unrelated.0.id().to_string();
-    let modes: [(&str, Vec<&str>); 3] = [("no tool", vec![]), ("all threads", vec!["-f"]), ("-p unrelated", vec!["-p", &upid, "-f"])];
+    let modes: [(&str, Vec<&str>); 3] =
+        [("no tool", vec![]), ("all threads", vec!["-f"]), ("-p unrelated", vec!["-p", &upid, "-f"])];
     let mut us: Vec<Vec<f64>> = vec![vec![]; modes.len()];
     let mut attach_ms = vec![];
     let mut rss_kb: Vec<Vec<f64>> = vec![vec![]; modes.len()];

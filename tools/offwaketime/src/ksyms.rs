@@ -43,7 +43,11 @@ impl KernelSyms {
         let mut starts: Vec<u64> = r
             .lines()
             .map_while(Result::ok)
-            .filter_map(|l| parse_line(&l).filter(|(a, t, n, _)| *a != 0 && is_text(*t) && !n.starts_with("__pfx_")).map(|(a, ..)| a))
+            .filter_map(|l| {
+                parse_line(&l)
+                    .filter(|(a, t, n, _)| *a != 0 && is_text(*t) && !n.starts_with("__pfx_"))
+                    .map(|(a, ..)| a)
+            })
             .collect();
         starts.sort_unstable();
         starts.dedup();
@@ -139,7 +143,12 @@ ffffffffc0a00000 t loop_queue_rq\t[loop]
         let addrs: Vec<u64> = kallsyms
             .lines()
             .filter_map(parse_line)
-            .filter(|(a, t, n, m)| *a != 0 && is_text(*t) && m.is_none() && ["schedule", "pipe_read", "try_to_wake_up", "anon_pipe_read"].contains(n))
+            .filter(|(a, t, n, m)| {
+                *a != 0
+                    && is_text(*t)
+                    && m.is_none()
+                    && ["schedule", "pipe_read", "try_to_wake_up", "anon_pipe_read"].contains(n)
+            })
             .map(|(a, ..)| a + 7)
             .collect();
         assert!(addrs.len() >= 2, "{addrs:x?}");

@@ -14,8 +14,8 @@ mod bpf {
 use anyhow::{anyhow, bail, Context as _, Result};
 use bpf::types::{owt_key, owt_stats, owt_val};
 use bpf::OffwaketimeSkelBuilder;
-use kdiag_shared::maps::{plain, StackCache};
 use kdiag_shared::backend::{self, Mechanism, ProbeError};
+use kdiag_shared::maps::{plain, StackCache};
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::{flame, precheck, probe, Errno};
@@ -105,7 +105,13 @@ fn run(cli: cli::Cli) -> Result<()> {
         ro.tids[i] = t;
     }
     ro.n_tids = cli.tids.len() as u32;
-    ro.thread_kind = if cli.user_threads_only { 1 } else if cli.kernel_threads_only { 2 } else { 0 };
+    ro.thread_kind = if cli.user_threads_only {
+        1
+    } else if cli.kernel_threads_only {
+        2
+    } else {
+        0
+    };
     ro.preempted_only = cli.state == Some(0);
     ro.state_mask = cli.state.filter(|&s| s != 0).unwrap_or(u32::MAX);
     ro.min_ns = cli.min_us.saturating_mul(1000);

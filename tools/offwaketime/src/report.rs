@@ -198,7 +198,10 @@ fn is_thread_root(sym: &str) -> bool {
 pub fn cut_at_interrupt_entry(frames: Vec<Frame>) -> Vec<Frame> {
     let entry = frames.iter().position(|f| {
         f.sym.as_deref().is_some_and(|s| {
-            s.starts_with("asm_sysvec_") || s == "asm_common_interrupt" || s == "asm_exc_nmi" || s.starts_with("asm_spurious")
+            s.starts_with("asm_sysvec_")
+                || s == "asm_common_interrupt"
+                || s == "asm_exc_nmi"
+                || s.starts_with("asm_spurious")
         })
     });
     match entry {
@@ -240,7 +243,8 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
 
 /// Drop the tracer's own frames from the top of a kernel stack.
 pub fn strip_tracer_frames(frames: Vec<Frame>) -> Vec<Frame> {
-    let skip = frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
+    let skip =
+        frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
     frames.into_iter().skip(skip).collect()
 }
 
@@ -432,7 +436,11 @@ mod tests {
     #[test]
     fn truncated_user_stacks() {
         assert!(user_stack_complete(&[f("read"), f("main"), f("__libc_start_main"), f("_start")]));
-        assert!(user_stack_complete(&[f("work"), f("start_thread"), Frame { addr: 9, sym: None, off: 0, module: None }]));
+        assert!(user_stack_complete(&[
+            f("work"),
+            f("start_thread"),
+            Frame { addr: 9, sym: None, off: 0, module: None }
+        ]));
         assert!(user_stack_complete(&[f("x"), f("std::sys::pal::unix::thread::Thread::new::thread_start")]));
         assert!(!user_stack_complete(&[f("read"), f("some_fn")]));
         assert!(!user_stack_complete(&[]));
@@ -443,7 +451,13 @@ mod tests {
         let st = vec![f("try_to_wake_up"), f("hrtimer_interrupt"), f("asm_sysvec_apic_timer_interrupt"), f("do_idle")];
         let names: Vec<String> = cut_at_interrupt_entry(st).iter().map(|f| f.sym.clone().unwrap()).collect();
         assert_eq!(names, ["try_to_wake_up", "hrtimer_interrupt", "asm_sysvec_apic_timer_interrupt"]);
-        let bh = vec![f("try_to_wake_up"), f("net_rx_action"), f("handle_softirqs"), f("__local_bh_enable_ip"), f("tcp_sendmsg")];
+        let bh = vec![
+            f("try_to_wake_up"),
+            f("net_rx_action"),
+            f("handle_softirqs"),
+            f("__local_bh_enable_ip"),
+            f("tcp_sendmsg"),
+        ];
         assert_eq!(cut_at_interrupt_entry(bh.clone()), bh);
     }
 
@@ -464,7 +478,13 @@ mod tests {
 
     #[test]
     fn tracer_frames_are_stripped_from_the_top_only() {
-        let st = vec![f("bpf_prog_abc_owt_switch_btf"), f("bpf_trace_run4"), f("__traceiter_sched_switch"), f("__schedule"), f("perf_trace_x")];
+        let st = vec![
+            f("bpf_prog_abc_owt_switch_btf"),
+            f("bpf_trace_run4"),
+            f("__traceiter_sched_switch"),
+            f("__schedule"),
+            f("perf_trace_x"),
+        ];
         let names: Vec<String> = strip_tracer_frames(st).iter().map(|f| f.sym.clone().unwrap()).collect();
         assert_eq!(names, ["__schedule", "perf_trace_x"]);
     }

@@ -213,7 +213,10 @@ fn default_text_is_the_bcc_layout() {
     assert!(lines[n - 1].trim().ends_with("times") && lines[n - 1].contains(" us blocked, "), "{block}");
     let timer = text.split("\n\n").find(|b| b.contains("target:          owt-writer") && b.contains("nanosleep"));
     let timer = timer.unwrap_or_else(|| panic!("no writer block in {text}"));
-    assert!(timer.starts_with("    waker:           [hardirq]") || timer.starts_with("    waker:           [softirq"), "{timer}");
+    assert!(
+        timer.starts_with("    waker:           [hardirq]") || timer.starts_with("    waker:           [softirq"),
+        "{timer}"
+    );
     assert!(text.contains("\nTotal: ") && text.contains("Stack captures failed: "), "{text}");
 }
 

@@ -138,7 +138,8 @@ impl Server {
                 let sc = std::fs::read_to_string(format!("/proc/{pid}/task/{}/syscall", w.tid)).unwrap_or_default();
                 let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{}/stat", w.tid)).unwrap_or_default();
                 let nr = sc.split_whitespace().next().unwrap_or("");
-                ["232", "281", "441"].contains(&nr) && stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('S'))
+                ["232", "281", "441"].contains(&nr)
+                    && stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('S'))
             });
             if all {
                 return;
@@ -255,8 +256,12 @@ pub fn verify(
 
     // 4. The data woke the owner, through the accepted fd, ESTABLISHED,
     // with the mask it registered; its epoll_wait returned that fd.
-    let conn_wakes: Vec<&&Value> = wakes.iter().filter(|w| w["fd"] == conn_fd && w["socket"]["rport"] == client.port() as u64).collect();
-    let data = conn_wakes.iter().find(|w| w["socket"]["state"] == "ESTABLISHED").unwrap_or_else(|| panic!("no data wake-up: {all}"));
+    let conn_wakes: Vec<&&Value> =
+        wakes.iter().filter(|w| w["fd"] == conn_fd && w["socket"]["rport"] == client.port() as u64).collect();
+    let data = conn_wakes
+        .iter()
+        .find(|w| w["socket"]["state"] == "ESTABLISHED")
+        .unwrap_or_else(|| panic!("no data wake-up: {all}"));
     assert_eq!(tid(data), owner);
     assert_eq!(data["waker"]["via"], "sock_def_readable");
     assert_eq!(data["socket"]["local"], local_ip);
@@ -266,7 +271,11 @@ pub fn verify(
     assert!(data.get("herd").is_none(), "{data}");
     let ret_after = |w: &Value| -> Value {
         let t = w["mono_ns"].as_u64().unwrap();
-        (*of_type(&lines, "return").iter().find(|r| tid(r) == tid(w) && r["mono_ns"].as_u64().unwrap() > t).expect("a return")).clone()
+        (*of_type(&lines, "return")
+            .iter()
+            .find(|r| tid(r) == tid(w) && r["mono_ns"].as_u64().unwrap() > t)
+            .expect("a return"))
+        .clone()
     };
     let ret = ret_after(data);
     assert_eq!(ret["ret"], 1, "{ret}");
@@ -277,12 +286,16 @@ pub fn verify(
 
     // 5. The peer's FIN: a state change wake-up, then EPOLLRDHUP returned,
     // then the server closed the fd.
-    let fin = conn_wakes.iter().find(|w| w["socket"]["state"] == "CLOSE_WAIT").unwrap_or_else(|| panic!("no FIN wake-up: {all}"));
+    let fin = conn_wakes
+        .iter()
+        .find(|w| w["socket"]["state"] == "CLOSE_WAIT")
+        .unwrap_or_else(|| panic!("no FIN wake-up: {all}"));
     assert_eq!(fin["waker"]["via"], "sock_def_wakeup");
     let ret = ret_after(fin);
     let evs = ret["events"][0]["events"].as_array().unwrap();
     assert!(evs.contains(&"EPOLLIN".into()) && evs.contains(&"EPOLLRDHUP".into()), "{ret}");
-    let close = of_type(&lines, "close").into_iter().find(|c| c["fd"] == conn_fd).unwrap_or_else(|| panic!("no close: {all}"));
+    let close =
+        of_type(&lines, "close").into_iter().find(|c| c["fd"] == conn_fd).unwrap_or_else(|| panic!("no close: {all}"));
     assert_eq!(tid(close), owner);
     assert_eq!(close["socket"]["state"], "CLOSE_WAIT");
     assert_eq!(close["socket"]["rport"], client.port() as u64);
@@ -299,4 +312,3 @@ pub fn verify(
         tid(wasted[0])
     )
 }
-

@@ -42,10 +42,8 @@ fn main() {
     let stdin = std::io::stdin();
     let mut line = String::new();
     stdin.lock().read_line(&mut line).unwrap();
-    let reader = std::thread::Builder::new()
-        .name("owt-reader".into())
-        .spawn(move || pipe_reader_blocks(r, rounds))
-        .unwrap();
+    let reader =
+        std::thread::Builder::new().name("owt-reader".into()).spawn(move || pipe_reader_blocks(r, rounds)).unwrap();
     // Let the reader block before the first round starts.
     std::thread::sleep(Duration::from_millis(20));
     let writer = std::thread::Builder::new()
