@@ -63,8 +63,7 @@ impl Tally {
     pub fn from_libtest_line(line: &str) -> Option<Tally> {
         let rest = line.trim().strip_prefix("test result: ")?;
         let count = |what: &str| {
-            rest.split([';', '.'])
-                .find_map(|part| part.trim().strip_suffix(what)?.trim().parse::<u64>().ok())
+            rest.split([';', '.']).find_map(|part| part.trim().strip_suffix(what)?.trim().parse::<u64>().ok())
         };
         Some(Tally { passed: count(" passed")?, failed: count(" failed")?, ignored: count(" ignored").unwrap_or(0) })
     }

@@ -44,7 +44,8 @@ fn deb_lists_the_files(p: &Packages) -> Result<()> {
 }
 
 fn rpm_lists_the_files_and_verifies(p: &Packages) -> Result<()> {
-    let listed: BTreeSet<String> = output(Command::new("rpm").arg("-qlp").arg(&p.rpm))?.lines().map(String::from).collect();
+    let listed: BTreeSet<String> =
+        output(Command::new("rpm").arg("-qlp").arg(&p.rpm))?.lines().map(String::from).collect();
     let want: BTreeSet<String> = p.files.iter().cloned().chain(owned_dirs(&p.files)).collect();
     ensure!(listed == want, "rpm lists {listed:?}, expected {want:?}");
     let check = output(Command::new("rpm").arg("-K").arg(&p.rpm))?;
@@ -168,7 +169,12 @@ fn third_party_licenses_ship(p: &Packages) -> Result<()> {
     let crates = super::licenses::shipped_crates()?;
     ensure!(crates.len() > 20, "only {} crates found", crates.len());
     for c in &crates {
-        ensure!(text.contains(&format!("\n{} {}\nLicense: ", c.name, c.version)), "{} {} is not in the notice", c.name, c.version);
+        ensure!(
+            text.contains(&format!("\n{} {}\nLicense: ", c.name, c.version)),
+            "{} {} is not in the notice",
+            c.name,
+            c.version
+        );
     }
     ensure!(text.contains("Permission is hereby granted"), "no MIT text in the notice");
     ensure!(text.contains("\nmusl libc\nLicense: MIT"), "musl is not in the notice");

@@ -40,7 +40,9 @@ fn license_files(dir: &Path) -> Vec<std::path::PathBuf> {
         let name = e.file_name().to_string_lossy().into_owned();
         if p.is_file() && is_license_file(&name) {
             out.push(p);
-        } else if p.is_dir() && !name.starts_with('.') && !["src", "tests", "benches", "examples"].contains(&name.as_str())
+        } else if p.is_dir()
+            && !name.starts_with('.')
+            && !["src", "tests", "benches", "examples"].contains(&name.as_str())
         {
             out.extend(
                 std::fs::read_dir(&p)
@@ -73,8 +75,12 @@ pub fn shipped_crates() -> Result<Vec<Crate>> {
 }
 
 fn shipped_from_metadata(meta: &Value) -> Result<Vec<Crate>> {
-    let packages: BTreeMap<&str, &Value> =
-        meta["packages"].as_array().context("no packages")?.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
+    let packages: BTreeMap<&str, &Value> = meta["packages"]
+        .as_array()
+        .context("no packages")?
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
     let nodes: BTreeMap<&str, &Value> = meta["resolve"]["nodes"]
         .as_array()
         .context("no resolve graph")?

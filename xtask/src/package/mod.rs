@@ -19,7 +19,8 @@ use std::process::Command;
 
 pub const NAME: &str = "kdiag";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-const SUMMARY: &str = "single-purpose kernel diagnosis tools (irqoff, offwaketime, blkreq, epollwake, compactwatch, funcstack)";
+const SUMMARY: &str =
+    "single-purpose kernel diagnosis tools (irqoff, offwaketime, blkreq, epollwake, compactwatch, funcstack)";
 const DESCRIPTION: &str = "Static eBPF-based tools that each answer one question about a running kernel:\n\
 interrupts-off windows, off-CPU time by waker, block request paths, epoll\n\
 wake-ups, high-order allocation failures and the call paths to any kernel\nfunction. Each picks the best tracing\n\
