@@ -6,7 +6,31 @@
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
+use std::fs::File;
 use std::io::Write;
+use std::path::PathBuf;
+
+/// The flags of the tools that count stacks (offwaketime, funcstack), with
+/// bcc's names; `#[command(flatten)]` them into a tool's command line.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StackArgs {
+    /// Also write an interactive flame graph to FILE.
+    #[arg(long = "svg", value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// Entries of the stack map; raise it when the summary reports EEXIST.
+    #[arg(long = "stack-storage-size", value_name = "N", default_value = "16384",
+          value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
+    pub stack_storage_size: u32,
+}
+
+impl StackArgs {
+    /// The --svg file, created before anything is attached: an unwritable
+    /// path must fail at once, not after a long run.
+    pub fn create_svg(&self) -> Result<Option<File>, String> {
+        self.svg.as_ref().map(|p| File::create(p).map_err(|e| format!("cannot write {}: {e}", p.display()))).transpose()
+    }
+}
 
 /// Set to `man`, `bash`, `zsh` or `fish` to make a tool print its man page
 /// or completion script instead of running (packaging uses it).

@@ -3,7 +3,6 @@
 
 use clap::Parser;
 use kdiag_shared::runctl::parse_duration;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
@@ -81,18 +80,12 @@ pub struct Cli {
     #[arg(short = 'f', long = "folded", conflicts_with = "json")]
     pub folded: bool,
 
-    /// Also write an interactive flame graph to FILE.
-    #[arg(long = "svg", value_name = "FILE")]
-    pub svg: Option<PathBuf>,
-
     /// One JSON object per stack instead of text.
     #[arg(long)]
     pub json: bool,
 
-    /// Entries of the stack map; raise it when the summary reports EEXIST.
-    #[arg(long = "stack-storage-size", value_name = "N", default_value = "16384",
-          value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
-    pub stack_storage_size: u32,
+    #[command(flatten)]
+    pub stacks: kdiag_shared::args::StackArgs,
 
     /// fentry, kprobe-multi, kprobe, tracepoint or ftrace; default: the
     /// best one this kernel allows for the target.
@@ -137,7 +130,7 @@ mod tests {
         assert_eq!(c.target, "vfs_fsync_range");
         assert!(c.pid.is_none() && c.comm.is_none() && c.top.is_none() && c.duration.is_none());
         assert!(!c.ret && !c.folded && !c.json && !c.user_stacks);
-        assert_eq!(c.stack_storage_size, 16384);
+        assert_eq!(c.stacks.stack_storage_size, 16384);
     }
 
     #[test]

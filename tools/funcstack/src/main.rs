@@ -82,10 +82,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Some(b) => Some(backend::parse_backend(b, &ALL).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    let svg = match &cli.svg {
-        Some(p) => Some(File::create(p).map_err(|e| anyhow!("cannot write {}: {e}", p.display()))?),
-        None => None,
-    };
+    let svg = cli.stacks.create_svg().map_err(|e| anyhow!(e))?;
     precheck::check(precheck::Needs { btf: false, tracefs: false }).map_err(|e| anyhow!(e))?;
     // tracefs names tracepoints and carries the ftrace rung; a kernel
     // without it can still use fentry and kprobes.
@@ -322,7 +319,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         write!(out, "{}{}", report::rets_text(&rets), summary.text())?;
     }
     out.flush()?;
-    if let (Some(file), Some(path)) = (svg, &cli.svg) {
+    if let (Some(file), Some(path)) = (svg, &cli.stacks.svg) {
         write_svg(file, entries, &label).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("funcstack: flame graph written to {}", path.display());
     }
@@ -381,7 +378,7 @@ fn load_and_attach(
 ) -> Result<BpfSession, String> {
     let functions = target.functions();
     let mut open = FuncstackSkelBuilder::default().open(storage).map_err(|e| describe(&e, "open"))?;
-    open.maps.stacks.set_max_entries(cli.stack_storage_size).map_err(|e| e.to_string())?;
+    open.maps.stacks.set_max_entries(cli.stacks.stack_storage_size).map_err(|e| e.to_string())?;
     let ro = open.maps.rodata_data.as_deref_mut().ok_or("BPF object has no rodata")?;
     ro.target_tgid = cli.pid.unwrap_or(0);
     if let Some(c) = &cli.comm {

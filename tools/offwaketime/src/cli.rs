@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use kdiag_shared::runctl::parse_duration;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// The most PIDs or TIDs one run filters on: the BPF side compares them in
@@ -106,18 +105,12 @@ pub struct Cli {
     #[arg(short = 'd', long = "delimited")]
     pub delimited: bool,
 
-    /// Also write an interactive flame graph to FILE.
-    #[arg(long = "svg", value_name = "FILE")]
-    pub svg: Option<PathBuf>,
-
     /// One JSON object per group instead of text.
     #[arg(long)]
     pub json: bool,
 
-    /// Entries of the stack map; raise it when the summary reports EEXIST.
-    #[arg(long = "stack-storage-size", value_name = "N", default_value = "16384",
-          value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
-    pub stack_storage_size: u32,
+    #[command(flatten)]
+    pub stacks: kdiag_shared::args::StackArgs,
 
     /// tp_btf, raw_tp, tracepoint or kprobe; default: the first of these,
     /// in that order, that this kernel allows.
@@ -177,7 +170,7 @@ mod tests {
         assert_eq!(c.min_us, 1);
         assert_eq!(c.max_us, None);
         assert_eq!(c.state, None);
-        assert_eq!(c.stack_storage_size, 16384);
+        assert_eq!(c.stacks.stack_storage_size, 16384);
         assert!(c.duration.is_none() && !c.folded && !c.json);
     }
 

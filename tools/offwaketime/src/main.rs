@@ -66,10 +66,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Some(b) => Some(backend::parse_backend(b, &LADDER).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    let svg = match &cli.svg {
-        Some(p) => Some(File::create(p).map_err(|e| anyhow!("cannot write {}: {e}", p.display()))?),
-        None => None,
-    };
+    let svg = cli.stacks.create_svg().map_err(|e| anyhow!(e))?;
     precheck::check(precheck::Needs { btf: true, tracefs: false }).map_err(|e| anyhow!(e))?;
 
     let mut kprobe_symbol = None;
@@ -95,7 +92,7 @@ fn run(cli: cli::Cli) -> Result<()> {
 
     let mut storage = MaybeUninit::uninit();
     let mut open = OffwaketimeSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
-    open.maps.stacks.set_max_entries(cli.stack_storage_size).context("sizing the stack map")?;
+    open.maps.stacks.set_max_entries(cli.stacks.stack_storage_size).context("sizing the stack map")?;
     let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
     for (i, &p) in cli.pids.iter().enumerate() {
         ro.tgids[i] = p;
@@ -259,7 +256,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         write!(out, "{}", summary.text())?;
     }
     out.flush()?;
-    if let (Some(file), Some(path)) = (svg, &cli.svg) {
+    if let (Some(file), Some(path)) = (svg, &cli.stacks.svg) {
         write_svg(file, &entries, layout, &what).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("offwaketime: flame graph written to {}", path.display());
     }
