@@ -31,6 +31,8 @@ impl Wasted {
 struct Group {
     tids: BTreeSet<u32>,
     herd_id: Option<u32>,
+    /// Monotonic time of its latest wake-up, for pruning.
+    last_ns: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -52,6 +54,8 @@ struct AfterReturn {
 #[derive(Default)]
 pub struct Herds {
     groups: HashMap<u64, Group>,
+    /// Herds (and the threads they woke) already pruned from `groups`.
+    retired: (u64, u64),
     next_id: u32,
     last_wake: HashMap<u32, LastWake>,
     after_return: HashMap<u32, AfterReturn>,
@@ -66,9 +70,11 @@ pub struct Charge {
 }
 
 impl Herds {
-    pub fn on_wake(&mut self, tid: u32, group: u64, epoll: bool, key: String) {
+    pub fn on_wake(&mut self, tid: u32, group: u64, epoll: bool, key: String, ts_ns: u64) {
         if group != 0 {
-            self.groups.entry(group).or_default().tids.insert(tid);
+            let g = self.groups.entry(group).or_default();
+            g.tids.insert(tid);
+            g.last_ns = g.last_ns.max(ts_ns);
         }
         self.last_wake.insert(tid, LastWake { group, epoll, key });
     }
@@ -95,7 +101,23 @@ impl Herds {
     pub fn herds(&self) -> (u64, u64) {
         let herds = self.groups.values().filter(|g| g.tids.len() > 1);
         let n = herds.clone().count() as u64;
-        (n, herds.map(|g| g.tids.len() as u64).sum())
+        (self.retired.0 + n, self.retired.1 + herds.map(|g| g.tids.len() as u64).sum::<u64>())
+    }
+
+    /// Forget groups with no wake-up since `before_ns`, keeping their herds
+    /// in the totals: one group per socket event would otherwise grow
+    /// without bound over a long run. Returns the groups forgotten.
+    pub fn prune(&mut self, before_ns: u64) -> Vec<u64> {
+        let old: Vec<u64> = self.groups.iter().filter(|(_, g)| g.last_ns < before_ns).map(|(&id, _)| id).collect();
+        for id in &old {
+            if let Some(g) = self.groups.remove(id) {
+                if g.tids.len() > 1 {
+                    self.retired.0 += 1;
+                    self.retired.1 += g.tids.len() as u64;
+                }
+            }
+        }
+        old
     }
 
     /// epoll_wait returned `ret`; `woken` when a wake-up was seen while it
@@ -133,11 +155,30 @@ impl Herds {
 mod tests {
     use super::*;
 
+    /// A long run keeps only recent groups, and the totals lose nothing.
+    #[test]
+    fn old_groups_are_pruned_into_the_totals() {
+        let mut h = Herds::default();
+        h.on_wake(1, 10, true, "a".into(), 1_000);
+        h.on_wake(2, 10, true, "a".into(), 1_500);
+        h.on_wake(1, 11, true, "a".into(), 2_000);
+        h.on_wake(3, 12, true, "a".into(), 9_000);
+        h.on_wake(4, 12, true, "a".into(), 9_000);
+        assert_eq!(h.herds(), (2, 4));
+        let mut gone = h.prune(5_000);
+        gone.sort();
+        assert_eq!(gone, vec![10, 11]);
+        assert_eq!(h.groups.len(), 1);
+        assert_eq!(h.herds(), (2, 4));
+        assert_eq!(h.size(12), 2);
+        assert_eq!(h.size(10), 0);
+    }
+
     #[test]
     fn one_connection_two_workers_one_wasted() {
         let mut h = Herds::default();
-        h.on_wake(101, 7, true, "TCP 0.0.0.0:80".into());
-        h.on_wake(102, 7, true, "TCP 0.0.0.0:80".into());
+        h.on_wake(101, 7, true, "TCP 0.0.0.0:80".into(), 0);
+        h.on_wake(102, 7, true, "TCP 0.0.0.0:80".into(), 0);
         assert_eq!(h.size(7), 2);
         assert_eq!(h.herd_id(7), Some(1));
         assert_eq!(h.herd_id(7), Some(1));
@@ -151,13 +192,13 @@ mod tests {
     #[test]
     fn accept_eagain_after_an_epoll_wake_is_wasted_once() {
         let mut h = Herds::default();
-        h.on_wake(5, 9, true, "k".into());
+        h.on_wake(5, 9, true, "k".into(), 0);
         assert_eq!(h.on_return(5, true, 1), None);
         assert_eq!(h.on_accept(5, true).unwrap().kind, Wasted::AcceptEagain);
         // A second EAGAIN is the accept loop draining the queue, not waste.
         assert_eq!(h.on_accept(5, true), None);
         // A successful accept first, then EAGAIN: not wasted either.
-        h.on_wake(5, 10, true, "k".into());
+        h.on_wake(5, 10, true, "k".into(), 0);
         h.on_return(5, true, 1);
         assert_eq!(h.on_accept(5, false), None);
         assert_eq!(h.on_accept(5, true), None);
@@ -166,9 +207,9 @@ mod tests {
     #[test]
     fn timeouts_are_not_waste_and_singletons_are_not_herds() {
         let mut h = Herds::default();
-        h.on_wake(5, 0, false, "timeout".into());
+        h.on_wake(5, 0, false, "timeout".into(), 0);
         assert_eq!(h.on_return(5, true, 0), None);
-        h.on_wake(6, 3, true, "k".into());
+        h.on_wake(6, 3, true, "k".into(), 0);
         assert_eq!(h.herd_id(3), None);
         assert_eq!(h.on_return(6, true, 0).unwrap().kind, Wasted::NoEvents);
         assert_eq!(h.herds(), (0, 0));

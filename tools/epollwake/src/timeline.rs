@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// or on a box that is struggling; a person does not notice 50 ms.
 pub const HOLD_NS: u64 = 50_000_000;
 
+/// How long a socket event's group is remembered after its last wake-up.
+const GROUP_TTL_NS: u64 = 2_000_000_000;
+
 #[derive(Default)]
 pub struct Filter {
     pub fd: Option<i32>,
@@ -69,6 +72,7 @@ pub struct Timeline {
     shown: HashMap<u32, bool>,
     /// Wasted charges by group, to charge the waker of that event too.
     group_waker: HashMap<u64, String>,
+    last_prune_ns: u64,
     wake_keys: HashMap<u32, String>,
     totals: Totals,
     pub threads_woken: HashSet<u32>,
@@ -91,6 +95,7 @@ impl Timeline {
             pending: Vec::new(),
             shown: HashMap::new(),
             group_waker: HashMap::new(),
+            last_prune_ns: 0,
             wake_keys: HashMap::new(),
             totals: Totals::default(),
             threads_woken: HashSet::new(),
@@ -153,7 +158,7 @@ impl Timeline {
                     (None, Some(v)) => format!("{:?} via {v}", how.cause).to_lowercase(),
                     (None, None) => format!("{:?}", how.cause).to_lowercase(),
                 };
-                self.herds.on_wake(w.tid, w.group, epoll, key);
+                self.herds.on_wake(w.tid, w.group, epoll, key, w.ts);
                 self.threads_woken.insert(w.tid);
                 let waker = WakerInfo {
                     pid: w.waker_pid,
@@ -278,6 +283,15 @@ impl Timeline {
                 } else {
                     sink.text(&rec.text())?;
                 }
+            }
+        }
+        // What refers to a group (the woken threads' returns, re-sleeps and
+        // accepts) comes within milliseconds; two seconds is plenty. A scan
+        // every half second keeps the cost flat at high event rates.
+        if now >= self.last_prune_ns + 500_000_000 {
+            self.last_prune_ns = now;
+            for group in self.herds.prune(now.saturating_sub(GROUP_TTL_NS)) {
+                self.group_waker.remove(&group);
             }
         }
         Ok(())
