@@ -183,7 +183,8 @@ fn third_party_licenses_ship(p: &Packages) -> Result<()> {
 
 /// Run every check; each counts as one test in the suite's tally.
 pub fn run_checks(p: &Packages, tally: &mut Tally) -> Result<()> {
-    let checks: [(&str, fn(&Packages) -> Result<()>); 6] = [
+    type Check = fn(&Packages) -> Result<()>;
+    let checks: [(&str, Check); 6] = [
         ("binaries_are_static", binaries_are_static),
         ("third_party_licenses_ship", third_party_licenses_ship),
         ("deb_lists_the_files", deb_lists_the_files),

@@ -1,0 +1,216 @@
+//! What each tool is measured against: a small, steady stream of exactly
+//! the events that tool traces, made by threads of this process (so `-p`
+//! names it). Each workload runs for a while and reports its own cost per
+//! operation, with and without the tool: the difference is what the tool
+//! costs the traced program per event, as that program feels it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Pin the calling thread to `cpu`. Both ends of a ping-pong share one
+/// CPU, and the tool runs on another: a wake-up then never waits for an
+/// idle vCPU to come back (hundreds of microseconds on a VM), which would
+/// drown what the tool adds, and the tool's own reading never competes
+/// with the workload. What remains is the BPF programs' cost, paid in the
+/// workload's context, which is the point.
+pub fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The CPU the workloads run on: the last one online. (Not from
+/// available_parallelism, which a pinned thread sees as 1.)
+pub fn work_cpu() -> usize {
+    // SAFETY: sysconf has no side effects.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (online.max(1) - 1) as usize
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// getppid(2) in a loop: one syscall tracepoint hit per op (funcstack).
+    Getppid,
+    /// Two threads bouncing one byte over a pipe pair: per op, two context
+    /// switches and two wake-ups (offwaketime).
+    PipePingPong,
+    /// One thread waits in epoll_wait on a socket, the other writes to it
+    /// and waits for the echo: one epoll wake-up per op (epollwake).
+    EpollPingPong,
+    /// 4 KiB O_DIRECT writes to a file on the disk under /var/tmp: one
+    /// block request per op (blkreq).
+    DirectWrite,
+}
+
+impl Workload {
+    pub fn op(self) -> &'static str {
+        match self {
+            Workload::Getppid => "getppid",
+            Workload::PipePingPong => "pipe round trip",
+            Workload::EpollPingPong => "epoll round trip",
+            Workload::DirectWrite => "4K O_DIRECT write",
+        }
+    }
+
+    /// Run for `dur`; the mean cost of one operation, in ns.
+    pub fn ns_per_op(self, dur: Duration) -> std::io::Result<f64> {
+        // On a thread of its own, so only the workload is pinned.
+        let run = move || -> std::io::Result<(u64, Duration)> {
+            pin(work_cpu());
+            match self {
+                Workload::Getppid => Ok(getppid(dur)),
+                Workload::PipePingPong => pipe_ping_pong(dur),
+                Workload::EpollPingPong => epoll_ping_pong(dur),
+                Workload::DirectWrite => direct_write(dur),
+            }
+        };
+        let (ops, elapsed) = std::thread::spawn(run).join().expect("workload thread")?;
+        Ok(elapsed.as_nanos() as f64 / ops.max(1) as f64)
+    }
+}
+
+fn getppid(dur: Duration) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut ops = 0;
+    while start.elapsed() < dur {
+        for _ in 0..1000 {
+            // SAFETY: getppid has no arguments and cannot fail.
+            std::hint::black_box(unsafe { libc::getppid() });
+        }
+        ops += 1000;
+    }
+    (ops, start.elapsed())
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds, which are owned by the Files below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nobody else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// The bouncing thread ends when its pipe or socket is closed.
+fn pipe_ping_pong(dur: Duration) -> std::io::Result<(u64, Duration)> {
+    let (mut a_rx, mut a_tx) = pipe()?;
+    let (mut b_rx, mut b_tx) = pipe()?;
+    let cpu = work_cpu();
+    let echo = std::thread::spawn(move || {
+        pin(cpu);
+        let mut byte = [0u8; 1];
+        while a_rx.read_exact(&mut byte).is_ok() && b_tx.write_all(&byte).is_ok() {}
+    });
+    let start = Instant::now();
+    let mut ops = 0;
+    let mut byte = [0u8; 1];
+    while start.elapsed() < dur {
+        a_tx.write_all(&byte)?;
+        b_rx.read_exact(&mut byte)?;
+        ops += 1;
+    }
+    let elapsed = start.elapsed();
+    drop(a_tx);
+    let _ = echo.join();
+    Ok((ops, elapsed))
+}
+
+fn epoll_ping_pong(dur: Duration) -> std::io::Result<(u64, Duration)> {
+    let (mut client, server) = UnixStream::pair()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let cpu = work_cpu();
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        pin(cpu);
+        let mut server = server;
+        // SAFETY: a new epoll fd, owned below.
+        let ep = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+        // SAFETY: valid fds and a valid event.
+        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, server.as_raw_fd(), &mut ev) };
+        let mut buf = [0u8; 1];
+        while !stop2.load(Ordering::Relaxed) {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+            // SAFETY: one-element buffer that outlives the call.
+            let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 1, 100) };
+            if n == 1 {
+                if server.read(&mut buf)? == 0 {
+                    return Ok(());
+                }
+                server.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    });
+    let start = Instant::now();
+    let mut ops = 0;
+    let mut byte = [0u8; 1];
+    while start.elapsed() < dur {
+        client.write_all(&byte)?;
+        client.read_exact(&mut byte)?;
+        ops += 1;
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    drop(client);
+    let _ = echo.join();
+    Ok((ops, elapsed))
+}
+
+/// The file the direct writes go to; its device is what blkreq watches.
+pub fn direct_write_file() -> PathBuf {
+    PathBuf::from(format!("/var/tmp/kdiag-bench-{}", std::process::id()))
+}
+
+fn direct_write(dur: Duration) -> std::io::Result<(u64, Duration)> {
+    let path = direct_write_file();
+    let f = std::fs::OpenOptions::new().create(true).write(true).custom_flags(libc::O_DIRECT).open(&path)?;
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: a non-zero layout, freed below.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    // SAFETY: buf holds 4096 initialised bytes.
+    let block = unsafe { std::slice::from_raw_parts(buf, 4096) };
+    let start = Instant::now();
+    let mut ops = 0u64;
+    let mut result = Ok(());
+    while start.elapsed() < dur {
+        // 256 blocks, rewritten in turn: no file growth, no page cache.
+        if let Err(e) = f.write_at(block, 4096 * (ops % 256)) {
+            result = Err(e);
+            break;
+        }
+        ops += 1;
+    }
+    let elapsed = start.elapsed();
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    let _ = std::fs::remove_file(&path);
+    result.map(|_| (ops, elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each workload runs, does some operations, and cleans up after itself.
+    #[test]
+    fn every_workload_runs_and_cleans_up() {
+        for w in [Workload::Getppid, Workload::PipePingPong, Workload::EpollPingPong, Workload::DirectWrite] {
+            let ns = w.ns_per_op(Duration::from_millis(300)).unwrap();
+            println!("{}: {ns:.0} ns/op", w.op());
+            assert!(ns > 0.0 && ns < 100_000_000.0, "{}: {ns}", w.op());
+        }
+        assert!(!direct_write_file().exists());
+    }
+}
