@@ -112,10 +112,30 @@ pub fn passes_only_a_bio(btf: &Btf<'_>, tracepoint: &str) -> bool {
     params.len() == 2 && is_bio(params[1].ty)
 }
 
-/// Scan the running kernel and its loaded modules.
-pub fn scan_kernel() -> Result<Vec<Site>, String> {
-    let btf = Btf::from_path(VMLINUX).map_err(|e| format!("cannot read kernel BTF {VMLINUX}: {e}"))?;
-    let mut sites = scan(&btf);
+/// What blkreq needs from the running kernel's BTF, read once.
+pub struct Kernel {
+    /// Sites of the kernel and its loaded modules.
+    pub sites: Vec<Site>,
+    /// `enum req_op`, for --op.
+    pub ops: Vec<(String, u32)>,
+    /// block_getrq passes just a bio (see `passes_only_a_bio`).
+    pub getrq_passes_only_a_bio: bool,
+}
+
+impl Kernel {
+    pub fn read() -> Result<Kernel, String> {
+        let btf = Btf::from_path(VMLINUX).map_err(|e| format!("cannot read kernel BTF {VMLINUX}: {e}"))?;
+        Ok(Kernel {
+            sites: scan_kernel(&btf),
+            ops: request_ops(&btf),
+            getrq_passes_only_a_bio: passes_only_a_bio(&btf, "block_getrq"),
+        })
+    }
+}
+
+/// Scan the running kernel (`btf`, vmlinux's) and its loaded modules.
+fn scan_kernel(btf: &Btf<'_>) -> Vec<Site> {
+    let mut sites = scan(btf);
     let mut from_modules = scan_modules();
     if !from_modules.is_empty() {
         // Functions first, by name, then tracepoints, as scan() orders them.
@@ -123,7 +143,7 @@ pub fn scan_kernel() -> Result<Vec<Site>, String> {
         sites.extend(from_modules);
         sites.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     }
-    Ok(sites)
+    sites
 }
 
 /// Functions of every module with BTF that take a request.
@@ -190,15 +210,9 @@ fn points_to_request(btf: &btf_rs::Btf, param: &btf_rs::Parameter) -> bool {
     false
 }
 
-/// Does the running kernel's block_getrq pass just a bio?
-pub fn kernel_getrq_passes_only_a_bio() -> bool {
-    Btf::from_path(VMLINUX).is_ok_and(|btf| passes_only_a_bio(&btf, "block_getrq"))
-}
-
 /// Names of `enum req_op` (READ, WRITE, FLUSH...) and their values, from
 /// BTF, so `--op` accepts exactly what this kernel has.
-pub fn request_ops() -> Vec<(String, u32)> {
-    let Ok(btf) = Btf::from_path(VMLINUX) else { return vec![] };
+fn request_ops(btf: &Btf<'_>) -> Vec<(String, u32)> {
     let Some(e) = btf.type_by_name::<libbpf_rs::btf::types::Enum<'_>>("req_op") else { return vec![] };
     e.iter()
         .filter_map(|m| {
@@ -234,7 +248,7 @@ mod tests {
     /// positions the kernel source gives them.
     #[test]
     fn finds_the_block_layer_in_kernel_btf() {
-        let sites = scan_kernel().unwrap();
+        let sites = Kernel::read().unwrap().sites;
         let funcs = sites.iter().filter(|s| s.kind == Kind::Function).count();
         assert!(funcs > 50, "only {funcs} functions");
         assert_eq!(find(&sites, "blk_mq_start_request", Kind::Function).positions, vec![0]);
@@ -258,7 +272,7 @@ mod tests {
     fn tracepoints_that_pass_only_a_bio() {
         let btf = Btf::from_path(VMLINUX).unwrap();
         assert!(passes_only_a_bio(&btf, "block_getrq"));
-        assert!(kernel_getrq_passes_only_a_bio());
+        assert!(Kernel::read().unwrap().getrq_passes_only_a_bio);
         assert!(!passes_only_a_bio(&btf, "block_rq_issue"));
         assert!(!passes_only_a_bio(&btf, "block_split"));
         assert!(!passes_only_a_bio(&btf, "no_such_tracepoint"));
@@ -275,14 +289,14 @@ mod tests {
         let mut theirs = func_sites(&rs, rs.base());
         theirs.sort_by(|a, b| a.name.cmp(&b.name));
         theirs.dedup_by(|a, b| a.name == b.name);
-        let ours: Vec<Site> = scan_kernel().unwrap().into_iter().filter(|s| s.kind == Kind::Function).collect();
+        let ours: Vec<Site> = Kernel::read().unwrap().sites.into_iter().filter(|s| s.kind == Kind::Function).collect();
         assert!(ours.len() > 50);
         assert_eq!(theirs, ours);
     }
 
     #[test]
     fn request_ops_come_from_btf() {
-        let ops = request_ops();
+        let ops = Kernel::read().unwrap().ops;
         assert!(ops.contains(&("read".to_string(), 0)), "{ops:?}");
         assert!(ops.contains(&("write".to_string(), 1)), "{ops:?}");
         assert!(ops.iter().any(|(n, _)| n == "flush"), "{ops:?}");

@@ -60,14 +60,14 @@ fn run(cli: cli::Cli) -> Result<()> {
         }
     }
     precheck::check(precheck::Needs { btf: true, tracefs: false }).map_err(|e| anyhow!(e))?;
-    let ops = btfscan::request_ops();
+    let kernel = btfscan::Kernel::read().map_err(|e| anyhow!(e))?;
+    let ops = &kernel.ops;
     let op = match &cli.op {
-        Some(o) => Some(filters::parse_op(o, &ops).map_err(|e| anyhow!(e))?),
+        Some(o) => Some(filters::parse_op(o, ops).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    let sites = btfscan::scan_kernel().map_err(|e| anyhow!(e))?;
-    let resolved =
-        targets::resolve(&sites, &cli.include, &cli.exclude, &btfscan::kallsyms_text()).map_err(|e| anyhow!(e))?;
+    let resolved = targets::resolve(&kernel.sites, &cli.include, &cli.exclude, &btfscan::kallsyms_text())
+        .map_err(|e| anyhow!(e))?;
     let plan = attach::plan(forced).map_err(|e| anyhow!(e))?;
 
     if cli.list {
@@ -84,8 +84,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         comm: cli.comm.as_deref().map(filters::comm_bytes),
         op,
         transport,
-        bio_births: !resolved.tps.iter().any(|t| t.site.name == "block_io_start")
-            && btfscan::kernel_getrq_passes_only_a_bio(),
+        bio_births: !resolved.tps.iter().any(|t| t.site.name == "block_io_start") && kernel.getrq_passes_only_a_bio,
     };
     let attached = attach::load_and_attach(&plan, &cfg, &resolved)?;
 
@@ -149,7 +148,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     drop(stream);
     drop(attached);
 
-    let steps = decode(&raw, &resolved, &ops);
+    let steps = decode(&raw, &resolved, ops);
     let summary = report::Summary {
         kind: "summary",
         duration_s: rc.elapsed().as_secs_f64(),
