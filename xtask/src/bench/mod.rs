@@ -10,14 +10,15 @@
 //!   overhead per traced event as the traced program feels it;
 //! - peak RSS (VmHWM) of the tool after its run.
 
+mod disk;
 mod workloads;
 
 use crate::tasks::{binary, build};
 use anyhow::{bail, Context, Result};
+use disk::Disk;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use workloads::Workload;
 
@@ -32,23 +33,27 @@ struct Bench {
 /// threads) and the disk the direct writes go to.
 struct Target {
     pid: String,
-    dev: String,
+    disk: Disk,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// Each tool as a user would run it on the workload (workloads.rs) that
+/// makes its events; irqoff needs none (an idle box is its usual case).
+/// blkreq gets -n 65536 so that it follows every request of the run
+/// instead of ending after its default 8.
 const BENCHES: &[Bench] = &[
     Bench { tool: "irqoff", args: |_| strings(&["-t", "10"]), workload: None },
     Bench { tool: "offwaketime", args: |t| strings(&["-p", &t.pid]), workload: Some(Workload::PipePingPong) },
     Bench {
         tool: "blkreq",
-        args: |t| strings(&["--dev", &t.dev, "-n", "65536"]),
+        args: |t| strings(&["--dev", &t.disk.dev, "-n", "65536"]),
         workload: Some(Workload::DirectWrite),
     },
     Bench { tool: "epollwake", args: |t| strings(&["-p", &t.pid, "--json"]), workload: Some(Workload::EpollPingPong) },
-    Bench { tool: "compactwatch", args: |_| strings(&["--order", "4"]), workload: None },
+    Bench { tool: "compactwatch", args: |_| strings(&["--order", "5"]), workload: Some(Workload::ThpFault) },
     Bench {
         tool: "funcstack",
         args: |t| strings(&["-p", &t.pid, "tracepoint:syscalls:sys_enter_getppid"]),
@@ -80,51 +85,72 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
-/// Start the tool and return it with the time it took to print its banner.
-fn start(tool: &str, args: &[String]) -> Result<(std::process::Child, Duration)> {
-    let t0 = Instant::now();
-    let mut cmd = Command::new(binary(tool));
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    if workloads::work_cpu() > 0 {
-        // SAFETY: only sched_setaffinity, async-signal-safe, in the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                workloads::pin(0);
-                Ok(())
-            })
-        };
-    }
-    let mut child = cmd.spawn()?;
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = Vec::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line)? > 0 {
-        if line.contains(READY) {
-            // Keep reading: a tool whose stderr is closed fails at its
-            // first message after the banner.
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            return Ok((child, t0.elapsed()));
-        }
-        seen.push(std::mem::take(&mut line));
-    }
-    bail!("{tool} exited before its banner: {}", seen.join(" | "))
+/// A tool started and attached. Dropped without `stop` (a workload
+/// failed), it is still interrupted and waited for: no tool is left
+/// tracing behind the bench.
+struct Running {
+    tool: &'static str,
+    child: Option<Child>,
 }
 
-fn stop(tool: &str, mut child: std::process::Child) -> Result<()> {
+impl Running {
+    /// Start the tool; return it with the time it took to print its banner.
+    fn start(tool: &'static str, args: &[String]) -> Result<(Running, Duration)> {
+        let t0 = Instant::now();
+        let mut cmd = Command::new(binary(tool));
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        if workloads::work_cpu() > 0 {
+            // SAFETY: only sched_setaffinity, async-signal-safe, in the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    workloads::pin(0);
+                    Ok(())
+                })
+            };
+        }
+        let mut child = cmd.spawn()?;
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let running = Running { tool, child: Some(child) };
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line)? > 0 {
+            if line.contains(READY) {
+                // Keep reading: a tool whose stderr is closed fails at its
+                // first message after the banner.
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                return Ok((running, t0.elapsed()));
+            }
+            seen.push(std::mem::take(&mut line));
+        }
+        bail!("{tool} exited before its banner: {}", seen.join(" | "))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Ctrl-C, as a user ends a run; anything but exit 0 is a failure.
+    fn stop(mut self) -> Result<()> {
+        let status = interrupt(self.child.take().unwrap())?;
+        if !status.success() {
+            bail!("{} exited with {status}", self.tool);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = interrupt(child);
+        }
+    }
+}
+
+fn interrupt(mut child: Child) -> std::io::Result<ExitStatus> {
     // SAFETY: kill(2) on our own child, not yet waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("{tool} exited with {status}");
-    }
-    Ok(())
-}
-
-/// `MAJ:MIN` of the filesystem the direct writes go to.
-fn disk_of_direct_writes() -> Result<String> {
-    let dir = workloads::direct_write_file().parent().unwrap().to_path_buf();
-    let dev = std::fs::metadata(&dir).with_context(|| format!("{}", dir.display()))?.dev();
-    Ok(format!("{}:{}", libc::major(dev), libc::minor(dev)))
+    child.wait()
 }
 
 pub fn bench() -> Result<()> {
@@ -137,56 +163,101 @@ pub fn bench() -> Result<()> {
 }
 
 fn run_all() -> Result<()> {
-    let cpus = std::thread::available_parallelism()?.get() as f64;
-    let target = Target { pid: std::process::id().to_string(), dev: disk_of_direct_writes()? };
+    let target = Target { pid: std::process::id().to_string(), disk: Disk::pick()? };
+    println!("blkreq's direct writes go to {}", target.disk.describe());
     println!(
         "{:<12} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8}  {:<18} {:>10} {:>10}",
         "TOOL", "SIZE(KiB)", "START(ms)", "RUNS/s", "NS/RUN", "CPU%", "RSS(KiB)", "WORKLOAD OP", "NS/OP", "+TOOL"
     );
     for b in BENCHES {
-        let args = (b.args)(&target);
-        let size = std::fs::metadata(binary(b.tool))?.len() / 1024;
-        let mut starts = vec![];
-        for _ in 0..5 {
-            let (child, t) = start(b.tool, &args)?;
-            starts.push(t);
-            stop(b.tool, child)?;
+        measure(b, &target)?.print();
+    }
+    Ok(())
+}
+
+/// One tool's figures, as the table shows them.
+struct Row {
+    tool: &'static str,
+    size_kib: u64,
+    start: Duration,
+    /// Over the traced run: the programs' runs and time, and the run's length.
+    runs: u64,
+    run_ns: u64,
+    elapsed: Duration,
+    rss_kib: u64,
+    /// The workload's ns per op, without and with the tool.
+    bare: Option<f64>,
+    traced: Option<f64>,
+    op: &'static str,
+}
+
+fn measure(b: &Bench, target: &Target) -> Result<Row> {
+    let args = (b.args)(target);
+    let size_kib = std::fs::metadata(binary(b.tool))?.len() / 1024;
+    let start = median_start(b.tool, &args)?;
+    let run = |w: Workload| w.ns_per_op(RUN, &target.disk);
+    let bare = b.workload.map(run).transpose()?;
+    let (tool, _) = Running::start(b.tool, &args)?;
+    let before = prog_stats(tool.pid());
+    let t0 = Instant::now();
+    let traced = match b.workload {
+        Some(w) => Some(run(w)?),
+        None => {
+            std::thread::sleep(RUN);
+            None
         }
-        starts.sort();
-        let bare = b.workload.map(|w| w.ns_per_op(RUN)).transpose()?;
-        let (child, _) = start(b.tool, &args)?;
-        let pid = child.id();
-        let before = prog_stats(pid);
-        let t0 = Instant::now();
-        let traced = match b.workload {
-            Some(w) => Some(w.ns_per_op(RUN)?),
-            None => {
-                std::thread::sleep(RUN);
-                None
-            }
-        };
-        let after = prog_stats(pid);
-        let elapsed = t0.elapsed();
-        let rss = vm_hwm_kb(pid).unwrap_or(0);
-        stop(b.tool, child)?;
-        let (ns, runs) = (after.0 - before.0, after.1 - before.1);
-        let (op, bare_s, traced_s) = match (b.workload, bare, traced) {
-            (Some(w), Some(x), Some(y)) => (w.op(), format!("{x:.0}"), format!("{:+.0}", y - x)),
-            _ => ("(none: idle box)", "-".into(), "-".into()),
+    };
+    let after = prog_stats(tool.pid());
+    let elapsed = t0.elapsed();
+    let rss_kib = vm_hwm_kb(tool.pid()).unwrap_or(0);
+    tool.stop()?;
+    Ok(Row {
+        tool: b.tool,
+        size_kib,
+        start,
+        runs: after.1 - before.1,
+        run_ns: after.0 - before.0,
+        elapsed,
+        rss_kib,
+        bare,
+        traced,
+        op: b.workload.map_or("(none: idle box)", Workload::op),
+    })
+}
+
+/// Exec to banner, median of 5: the first run pays for cold caches.
+fn median_start(tool: &'static str, args: &[String]) -> Result<Duration> {
+    let mut starts = vec![];
+    for _ in 0..5 {
+        let (running, t) = Running::start(tool, args)?;
+        starts.push(t);
+        running.stop()?;
+    }
+    starts.sort();
+    Ok(starts[starts.len() / 2])
+}
+
+impl Row {
+    fn print(&self) {
+        let cpus = workloads::work_cpu() as f64 + 1.0;
+        let secs = self.elapsed.as_secs_f64();
+        let ns_per_run = if self.runs > 0 { self.run_ns as f64 / self.runs as f64 } else { 0.0 };
+        let (bare, added) = match (self.bare, self.traced) {
+            (Some(x), Some(y)) => (format!("{x:.0}"), format!("{:+.0}", y - x)),
+            _ => ("-".into(), "-".into()),
         };
         println!(
             "{:<12} {:>9} {:>9.1} {:>9.0} {:>8.0} {:>7.3} {:>8}  {:<18} {:>10} {:>10}",
-            b.tool,
-            size,
-            starts[starts.len() / 2].as_secs_f64() * 1000.0,
-            runs as f64 / elapsed.as_secs_f64(),
-            if runs > 0 { ns as f64 / runs as f64 } else { 0.0 },
-            ns as f64 / (elapsed.as_nanos() as f64 * cpus) * 100.0,
-            rss,
-            op,
-            bare_s,
-            traced_s
+            self.tool,
+            self.size_kib,
+            self.start.as_secs_f64() * 1000.0,
+            self.runs as f64 / secs,
+            ns_per_run,
+            self.run_ns as f64 / (secs * 1e9 * cpus) * 100.0,
+            self.rss_kib,
+            self.op,
+            bare,
+            added
         );
     }
-    Ok(())
 }

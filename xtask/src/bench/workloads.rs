@@ -4,12 +4,12 @@
 //! operation, with and without the tool: the difference is what the tool
 //! costs the traced program per event, as that program feels it.
 
+use super::disk::Disk;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +44,16 @@ pub enum Workload {
     /// Two threads bouncing one byte over a pipe pair: per op, two context
     /// switches and two wake-ups (offwaketime).
     PipePingPong,
-    /// One thread waits in epoll_wait on a socket, the other writes to it
-    /// and waits for the echo: one epoll wake-up per op (epollwake).
+    /// One thread waits in epoll_wait on a TCP loopback socket, the other
+    /// writes to it and waits for the echo: one epoll wake-up per op
+    /// (epollwake).
     EpollPingPong,
-    /// 4 KiB O_DIRECT writes to a file on the disk under /var/tmp: one
+    /// 4 KiB O_DIRECT writes to a real block device (see disk.rs): one
     /// block request per op (blkreq).
     DirectWrite,
+    /// Fault in and drop a transparent huge page: one order-9 allocation
+    /// per op (compactwatch).
+    ThpFault,
 }
 
 impl Workload {
@@ -59,22 +63,28 @@ impl Workload {
             Workload::PipePingPong => "pipe round trip",
             Workload::EpollPingPong => "epoll round trip",
             Workload::DirectWrite => "4K O_DIRECT write",
+            Workload::ThpFault => "2M THP fault",
         }
     }
 
     /// Run for `dur`; the mean cost of one operation, in ns.
-    pub fn ns_per_op(self, dur: Duration) -> std::io::Result<f64> {
+    /// Run for `dur`; the mean cost of one operation, in ns. `disk` is
+    /// where DirectWrite writes.
+    pub fn ns_per_op(self, dur: Duration, disk: &Disk) -> std::io::Result<f64> {
         // On a thread of its own, so only the workload is pinned.
-        let run = move || -> std::io::Result<(u64, Duration)> {
-            pin(work_cpu());
-            match self {
-                Workload::Getppid => Ok(getppid(dur)),
-                Workload::PipePingPong => pipe_ping_pong(dur),
-                Workload::EpollPingPong => epoll_ping_pong(dur),
-                Workload::DirectWrite => direct_write(dur),
-            }
-        };
-        let (ops, elapsed) = std::thread::spawn(run).join().expect("workload thread")?;
+        let (ops, elapsed) = std::thread::scope(|s| {
+            let run = s.spawn(|| -> std::io::Result<(u64, Duration)> {
+                pin(work_cpu());
+                match self {
+                    Workload::Getppid => Ok(getppid(dur)),
+                    Workload::PipePingPong => pipe_ping_pong(dur),
+                    Workload::EpollPingPong => epoll_ping_pong(dur),
+                    Workload::DirectWrite => direct_write(dur, disk),
+                    Workload::ThpFault => thp_fault(dur),
+                }
+            });
+            run.join().expect("workload thread")
+        })?;
         Ok(elapsed.as_nanos() as f64 / ops.max(1) as f64)
     }
 }
@@ -126,32 +136,27 @@ fn pipe_ping_pong(dur: Duration) -> std::io::Result<(u64, Duration)> {
     Ok((ops, elapsed))
 }
 
+/// A connected TCP pair over loopback, Nagle off on both ends: the
+/// echo's wake-ups then come from the network stack (softirq,
+/// sock_def_readable, sock:sk_data_ready), the path epollwake ties
+/// sockets to wake-ups by, and not from a unix socket it has no name for.
+fn tcp_pair() -> std::io::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    Ok((client, server))
+}
+
 fn epoll_ping_pong(dur: Duration) -> std::io::Result<(u64, Duration)> {
-    let (mut client, server) = UnixStream::pair()?;
+    let (mut client, server) = tcp_pair()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let cpu = work_cpu();
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         pin(cpu);
-        let mut server = server;
-        // SAFETY: a new epoll fd, owned below.
-        let ep = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
-        // SAFETY: valid fds and a valid event.
-        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, server.as_raw_fd(), &mut ev) };
-        let mut buf = [0u8; 1];
-        while !stop2.load(Ordering::Relaxed) {
-            let mut out = [libc::epoll_event { events: 0, u64: 0 }];
-            // SAFETY: one-element buffer that outlives the call.
-            let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 1, 100) };
-            if n == 1 {
-                if server.read(&mut buf)? == 0 {
-                    return Ok(());
-                }
-                server.write_all(&buf)?;
-            }
-        }
-        Ok(())
+        epoll_echo(server, &stop2)
     });
     let start = Instant::now();
     let mut ops = 0;
@@ -168,14 +173,36 @@ fn epoll_ping_pong(dur: Duration) -> std::io::Result<(u64, Duration)> {
     Ok((ops, elapsed))
 }
 
-/// The file the direct writes go to; its device is what blkreq watches.
-pub fn direct_write_file() -> PathBuf {
-    PathBuf::from(format!("/var/tmp/kdiag-bench-{}", std::process::id()))
+/// Echo every byte, waiting for each in epoll_wait: the wake-up that
+/// epollwake reports. A timeout so that `stop` is seen even if the peer
+/// is gone.
+fn epoll_echo(mut server: TcpStream, stop: &AtomicBool) -> std::io::Result<()> {
+    // SAFETY: a new epoll fd, owned below.
+    let ep = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+    // SAFETY: valid fds and a valid event.
+    unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, server.as_raw_fd(), &mut ev) };
+    let mut buf = [0u8; 1];
+    while !stop.load(Ordering::Relaxed) {
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: one-element buffer that outlives the call.
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 1, 100) };
+        if n == 1 {
+            if server.read(&mut buf)? == 0 {
+                return Ok(());
+            }
+            server.write_all(&buf)?;
+        }
+    }
+    Ok(())
 }
 
-fn direct_write(dur: Duration) -> std::io::Result<(u64, Duration)> {
-    let path = direct_write_file();
-    let f = std::fs::OpenOptions::new().create(true).write(true).custom_flags(libc::O_DIRECT).open(&path)?;
+/// Blocks rewritten in turn: enough to not hit one cached block in the
+/// device, few enough to fit any disk's free space or our loop device.
+const BLOCKS: u64 = 256;
+
+fn direct_write(dur: Duration, disk: &Disk) -> std::io::Result<(u64, Duration)> {
+    let f = disk.open_direct()?;
     let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
     // SAFETY: a non-zero layout, freed below.
     let buf = unsafe { std::alloc::alloc_zeroed(layout) };
@@ -185,8 +212,7 @@ fn direct_write(dur: Duration) -> std::io::Result<(u64, Duration)> {
     let mut ops = 0u64;
     let mut result = Ok(());
     while start.elapsed() < dur {
-        // 256 blocks, rewritten in turn: no file growth, no page cache.
-        if let Err(e) = f.write_at(block, 4096 * (ops % 256)) {
+        if let Err(e) = f.write_at(block, 4096 * (ops % BLOCKS)) {
             result = Err(e);
             break;
         }
@@ -195,22 +221,86 @@ fn direct_write(dur: Duration) -> std::io::Result<(u64, Duration)> {
     let elapsed = start.elapsed();
     // SAFETY: allocated above with this layout.
     unsafe { std::alloc::dealloc(buf, layout) };
-    let _ = std::fs::remove_file(&path);
     result.map(|_| (ops, elapsed))
+}
+
+const HUGE: usize = 2 << 20;
+
+/// Fault in one 2 MiB transparent huge page and drop it again, in a loop:
+/// one order-9 allocation per op, over compactwatch's --order, so its
+/// mm_page_alloc program does its whole work (stack, event) each time.
+/// MADV_HUGEPAGE so this works with THP "madvise" as well as "always".
+fn thp_fault(dur: Duration) -> std::io::Result<(u64, Duration)> {
+    let len = 2 * HUGE;
+    // SAFETY: a new private anonymous mapping, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // A 2 MiB-aligned 2 MiB inside the 4 MiB mapping: what a PMD maps.
+    let huge = ((map as usize + HUGE - 1) & !(HUGE - 1)) as *mut libc::c_void;
+    let thp_before = thp_faults();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    // SAFETY: huge..huge+HUGE lies inside the mapping.
+    unsafe {
+        libc::madvise(huge, HUGE, libc::MADV_HUGEPAGE);
+        while start.elapsed() < dur {
+            std::ptr::write_volatile(huge as *mut u8, 1);
+            libc::madvise(huge, HUGE, libc::MADV_DONTNEED);
+            ops += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(map, len) };
+    // Otherwise each op is an order-0 fault and the row would mislead.
+    if thp_faults() - thp_before < ops / 2 {
+        return Err(std::io::Error::other("no huge pages: transparent_hugepage is \"never\" or memory too fragmented"));
+    }
+    Ok((ops, elapsed))
+}
+
+/// Huge pages allocated at a fault, system-wide, from /proc/vmstat.
+fn thp_faults() -> u64 {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    vmstat.lines().find_map(|l| l.strip_prefix("thp_fault_alloc ")?.parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Each workload runs, does some operations, and cleans up after itself.
+    /// Each workload runs, does some operations and returns (so its echo
+    /// thread ended with it).
     #[test]
-    fn every_workload_runs_and_cleans_up() {
+    fn every_workload_runs() {
+        let disk = Disk::pick().unwrap();
         for w in [Workload::Getppid, Workload::PipePingPong, Workload::EpollPingPong, Workload::DirectWrite] {
-            let ns = w.ns_per_op(Duration::from_millis(300)).unwrap();
+            let ns = w.ns_per_op(Duration::from_millis(300), &disk).unwrap();
             println!("{}: {ns:.0} ns/op", w.op());
             assert!(ns > 0.0 && ns < 100_000_000.0, "{}: {ns}", w.op());
         }
-        assert!(!direct_write_file().exists());
+    }
+
+    /// Where THP is on (as on the development VM), each op is a huge page.
+    #[test]
+    fn thp_fault_makes_huge_pages() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        if thp.is_empty() || thp.contains("[never]") {
+            eprintln!("skipped: no transparent huge pages here");
+            return;
+        }
+        let ns = thp_fault(Duration::from_millis(300)).unwrap();
+        assert!(ns.0 > 0, "{ns:?}");
     }
 }
