@@ -228,7 +228,8 @@ const HUGE: usize = 2 << 20;
 
 /// Fault in one 2 MiB transparent huge page and drop it again, in a loop:
 /// one order-9 allocation per op, over compactwatch's --order, so its
-/// mm_page_alloc program does its whole work (stack, event) each time.
+/// mm_page_alloc program does its whole work (a stack capture and count)
+/// each time.
 /// MADV_HUGEPAGE so this works with THP "madvise" as well as "always".
 fn thp_fault(dur: Duration) -> std::io::Result<(u64, Duration)> {
     let len = 2 * HUGE;
