@@ -151,6 +151,29 @@ pub fn held_by(pid: u32) -> Held {
     held
 }
 
+/// Run to completion, watching the process while it runs: the names of
+/// every BPF program it held at any moment. Looking at the kernel's
+/// programs after it exited would prove nothing: its fds, and with them
+/// its programs, are gone by then. Polled without pause, so that even a
+/// process that fails within milliseconds is looked at.
+pub fn run_watching_programs(bin: &str, args: &[&str]) -> (Output, BTreeSet<String>) {
+    let mut r = spawn(bin, args);
+    let mut names = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    while r.child.try_wait().unwrap().is_none() {
+        let ids = held_by(r.pid()).progs;
+        if !ids.is_subset(&seen) {
+            names.extend(
+                libbpf_rs::query::ProgInfoIter::default()
+                    .filter(|p| ids.contains(&p.id))
+                    .map(|p| p.name.to_string_lossy().into_owned()),
+            );
+            seen.extend(ids);
+        }
+    }
+    (r.wait(), names)
+}
+
 /// Programs and links currently loaded in the kernel, by id.
 pub fn kernel_ids() -> (BTreeSet<u32>, BTreeSet<u32>) {
     let progs = libbpf_rs::query::ProgInfoIter::default().map(|p| p.id).collect();
@@ -176,10 +199,6 @@ pub fn assert_released(held: &Held, timeout: Duration) {
     }
 }
 
-/// Names of loaded programs, to check that a failed start loaded nothing.
-pub fn loaded_program_names() -> Vec<String> {
-    libbpf_rs::query::ProgInfoIter::default().map(|p| p.name.to_string_lossy().into_owned()).collect()
-}
 
 /// The three ways a run ends, each as a test: `detaches_after_the_duration`,
 /// `detaches_after_sigint`, `detaches_after_sigterm`, calling

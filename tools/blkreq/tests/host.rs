@@ -3,14 +3,14 @@
 //! device of its own, so that every request it asserts on is one it
 //! caused.
 
-use kdiag_testkit::{held_by, loaded_program_names, run, spawn, Held};
+use kdiag_testkit::{held_by, run, run_watching_programs, spawn};
 use serde_json::Value;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blkreq");
 const BANNER: &str = "Ctrl-C to end";
@@ -186,8 +186,7 @@ fn three_requests_tree_and_timeline() {
 
     let reqs = requests(&lines);
     assert_eq!(reqs.len(), 3, "{}", out.stdout);
-    let mut sessions: Vec<u64> = reqs.iter().map(|r| r["session"].as_u64().unwrap()).collect();
-    sessions.dedup();
+    let sessions: std::collections::BTreeSet<u64> = reqs.iter().map(|r| r["session"].as_u64().unwrap()).collect();
     assert_eq!(sessions.len(), 3, "session ids must be distinct");
     for r in &reqs {
         assert_eq!(r["dev"], lo.name(), "{r}");
@@ -292,6 +291,7 @@ fn filters_apply_at_admission() {
 
     let lines = reads.json_lines();
     assert_eq!(summary(&lines)["requests"], 3, "{}", reads.stdout);
+    assert_eq!(requests(&lines).len(), 3, "{}", reads.stdout);
     for r in requests(&lines) {
         assert_eq!(r["op"], "READ", "{r}");
     }
@@ -319,6 +319,7 @@ fn exclude_hides_tracepoints_at_run_time() {
     assert!(out.status.success(), "{out:?}");
     let lines = out.json_lines();
     assert_eq!(summary(&lines)["requests"], 2, "{}", out.stdout);
+    assert_eq!(requests(&lines).len(), 2, "{}", out.stdout);
     for r in requests(&lines) {
         let names = steps(r);
         assert!(
@@ -359,20 +360,10 @@ fn list_excludes_exactly_one_function() {
 /// attaches nothing while it runs (watched through its own fds).
 #[test]
 fn list_attaches_nothing() {
-    let mut r = spawn(BIN, &["--list"]);
-    let mut held = Held::default();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while r.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        let h = held_by(r.pid());
-        held.progs.extend(h.progs);
-        held.links.extend(h.links);
-    }
-    let out = r.wait();
+    // The backend probes load tiny programs of their own; blkreq's are
+    // named brq_*.
+    let (out, names) = run_watching_programs(BIN, &["--list"]);
     assert!(out.status.success(), "{out:?}");
-    let names: Vec<String> = libbpf_rs::query::ProgInfoIter::default()
-        .filter(|p| held.progs.contains(&p.id))
-        .map(|p| p.name.to_string_lossy().into_owned())
-        .collect();
     assert!(!names.iter().any(|n| n.starts_with("brq_")), "--list loaded {names:?}");
     let line =
         out.stdout.lines().find(|l| l.starts_with("tracepoint:block_rq_complete")).expect("block_rq_complete listed");
@@ -399,14 +390,13 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         (&["soon"], "invalid duration 'soon'"),
     ];
     for (args, want) in cases {
-        let out = run(BIN, args);
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("brq_")), "{args:?} loaded {progs:?}");
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("blkreq: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
-    let names = loaded_program_names();
-    assert!(!names.iter().any(|n| n.starts_with("brq_")), "{names:?}");
 }
 
 /// Run on an idle loop device (nothing to admit, so only the duration or

@@ -3,7 +3,7 @@
 //! run is filtered to this test process (-p), so other work on the box
 //! cannot make a test pass.
 
-use kdiag_testkit::{held_by, loaded_program_names, run, spawn, Held};
+use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -120,7 +120,8 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         (vec!["--from-dmesg", &junk_s], format!("{junk_s}: no 'page allocation failure' line in the file")),
     ];
     for (args, want) in &cases {
-        let out = run(BIN, args);
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("cw_")), "{args:?} loaded {progs:?}");
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(
@@ -131,8 +132,6 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
     std::fs::remove_file(&junk).unwrap();
-    let names = loaded_program_names();
-    assert!(!names.iter().any(|n| n.starts_with("cw_")), "{names:?}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! that other tests on the same kernel cannot change the counts.
 
 use kdiag_shared::backend::{Mechanism, ProbeError};
-use kdiag_testkit::{assert_released, held_by, loaded_program_names, run, spawn, Output};
+use kdiag_testkit::{assert_released, held_by, run, run_watching_programs, spawn, Output};
 use serde_json::Value;
 use std::ffi::CString;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -138,6 +138,9 @@ fn umount_stacks(backend: &str) {
     assert_eq!(summary["backend"], backend, "{summary}");
     assert!(out.stderr.contains(&format!("backend {backend} (")), "{}", out.stderr);
     assert_eq!(summary["count"], 3, "{stacks:#?}\n{summary}");
+    // The records themselves, not only the summary, add up to our umounts.
+    let n: u64 = stacks.iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert_eq!(n, 3, "{stacks:#?}");
     for s in &stacks {
         assert_eq!(s["target"], UMOUNT, "{s}");
         assert_eq!(s["comm"], "fs-umounter", "{s}");
@@ -267,7 +270,8 @@ fn bad_targets_are_explained_in_one_line_and_attach_nothing() {
         (&["-p", "999999999", UMOUNT], "no such process: 999999999"),
     ];
     for (args, want) in cases {
-        let out = run(BIN, args);
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("fs_")), "{args:?} loaded {progs:?}");
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("funcstack: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
@@ -277,8 +281,6 @@ fn bad_targets_are_explained_in_one_line_and_attach_nothing() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     // Tests run one at a time: no funcstack program may be loaded now.
-    let names = loaded_program_names();
-    assert!(!names.iter().any(|n| n.starts_with("fs_")), "{names:?}");
     assert!(no_instances_left());
 }
 
@@ -422,6 +424,8 @@ fn user_stacks_name_the_libc_wrapper() {
     let (out, _) = trace(&["-p", &me(), "-U", "--json", UMOUNT], || umounts("fs-user", 2));
     let (stacks, summary) = json(&out);
     assert_eq!(summary["count"], 2, "{stacks:#?}");
+    let counted = |stacks: &[Value]| stacks.iter().map(|s| s["count"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(counted(&stacks), 2, "{stacks:#?}");
     for s in &stacks {
         let user = syms(&s["user_stack"]);
         assert_eq!(user.first().map(String::as_str), Some("umount2"), "{s}");
@@ -430,6 +434,7 @@ fn user_stacks_name_the_libc_wrapper() {
     // Without -U no user stack is taken at all.
     let (out, _) = trace(&["-p", &me(), "--json", UMOUNT], || umounts("fs-nouser", 1));
     let (stacks, _) = json(&out);
+    assert_eq!(counted(&stacks), 1, "{stacks:#?}");
     assert!(stacks.iter().all(|s| s["user_stack"].is_null()), "{stacks:#?}");
 }
 

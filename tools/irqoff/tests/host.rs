@@ -2,7 +2,7 @@
 //! real interrupts-off windows made by the test itself.
 
 use kdiag_shared::perf::{EventSpec, PerfEvent};
-use kdiag_testkit::{held_by, loaded_program_names, run, spawn, Held};
+use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde_json::Value;
 use std::mem::MaybeUninit;
@@ -57,15 +57,14 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         (&["soon"], "invalid duration 'soon'"),
     ];
     for (args, want) in cases {
-        let out = run(BIN, args);
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("irqoff_")), "{args:?} loaded {progs:?}");
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("irqoff: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
     // Tests run one at a time, so no irqoff program may be loaded now.
-    let names = loaded_program_names();
-    assert!(!names.iter().any(|n| n.starts_with("irqoff_")), "{names:?}");
 }
 
 #[test]

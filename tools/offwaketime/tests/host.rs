@@ -2,7 +2,7 @@
 //! and a workload (tests/workload/main.rs, built here with frame pointers)
 //! whose sleeps and wakers are known.
 
-use kdiag_testkit::{held_by, loaded_program_names, run, spawn, Held, Output, Running};
+use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held, Output, Running};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -300,15 +300,14 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         (&["-f", "--json"], "cannot be used with"),
     ];
     for (args, want) in cases {
-        let out = run(BIN, args);
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("owt_")), "{args:?} loaded {progs:?}");
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("offwaketime: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
     // Tests run one at a time, so no offwaketime program may be loaded now.
-    let names = loaded_program_names();
-    assert!(!names.iter().any(|n| n.starts_with("owt_")), "{names:?}");
 }
 
 #[test]
