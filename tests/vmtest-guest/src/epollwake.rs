@@ -67,14 +67,9 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
                 Ok(Ok(detail)) => rep.pass(&name, detail),
                 Ok(Err(e)) => rep.fail(&name, e),
                 Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
                     // The checks print all of epollwake's output: keep the
                     // console line readable.
-                    let msg: String = msg.chars().take(4000).collect();
+                    let msg: String = crate::panic_message(panic.as_ref()).chars().take(4000).collect();
                     rep.fail(&name, format!("panicked: {msg}"));
                 }
             }

@@ -86,6 +86,15 @@ impl Reporter {
     }
 }
 
+/// What a caught panic said (an assertion's message), for its FAIL line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// A named group of checks; it reports as `name` or `name.case`.
 struct Test {
     name: &'static str,
@@ -146,12 +155,7 @@ fn main() {
         }
         ran += 1;
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (test.run)(&ctx, &mut rep))) {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            rep.fail(test.name, format!("panicked: {msg}"));
+            rep.fail(test.name, format!("panicked: {}", panic_message(panic.as_ref())));
         }
     }
     if ran == 0 {
