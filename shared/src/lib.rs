@@ -11,7 +11,8 @@
 //!   with lost-event counting.
 //! - [`ftrace`]: a private tracefs instance for the ftrace rung, removed
 //!   on exit.
-//! - [`symbolize`]: kernel and user addresses to names (blazesym).
+//! - [`ksyms`]: the kernel's symbols, read once, lean.
+//! - [`symbolize`]: kernel and user addresses to names (user: blazesym).
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
 //! - [`flame`]: flame graph SVGs from folded stacks (inferno).
 //! - [`histogram`]: log2 histograms as bcc prints them.
@@ -26,6 +27,7 @@ pub mod cpus;
 pub mod flame;
 pub mod ftrace;
 pub mod histogram;
+pub mod ksyms;
 pub mod maps;
 pub mod output;
 pub mod perf;

@@ -1,9 +1,10 @@
-//! Addresses to names, with blazesym: kernel addresses from kallsyms (and
-//! vmlinux when one is installed), user addresses of a live process through
-//! its maps, demangled. Lookups are batched per call and cached, because the
+//! Addresses to names: kernel addresses from the kernel symbol table
+//! ([`crate::ksyms`]), user addresses of a live process through its maps
+//! with blazesym, demangled. Lookups are batched per call and cached, because the
 //! same few hundred addresses recur in every stack of a run.
 
-use blazesym::symbolize::source::{Kernel, Process, Source};
+use crate::ksyms::Place;
+use blazesym::symbolize::source::{Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 use blazesym::Pid;
 use serde::Serialize;
@@ -129,64 +130,11 @@ pub fn is_tracer_frame(sym: &str) -> bool {
     sym == BPF_FRAME || PREFIXES.iter().any(|p| sym.starts_with(p))
 }
 
-/// Where the kernel's own code is, from kallsyms: addresses outside it and
-/// outside every module are BPF programs or trampolines.
-#[derive(Debug, Default)]
-struct KernelText {
-    ranges: Vec<(u64, u64)>,
-}
-
-impl KernelText {
-    fn from_kallsyms(text: &str) -> Self {
-        let mut marks = HashMap::new();
-        for l in text.lines() {
-            let mut f = l.split_whitespace();
-            if let (Some(a), Some(_), Some(n)) = (f.next(), f.next(), f.next()) {
-                if matches!(n, "_stext" | "_etext" | "_sinittext" | "_einittext") {
-                    marks.insert(n.to_string(), u64::from_str_radix(a, 16).unwrap_or(0));
-                }
-            }
-        }
-        let ranges = [("_stext", "_etext"), ("_sinittext", "_einittext")]
-            .iter()
-            .filter_map(|(s, e)| Some((*marks.get(*s)?, *marks.get(*e)?)))
-            .filter(|(s, e)| s < e)
-            .collect();
-        KernelText { ranges }
-    }
-
-    /// Unknown bounds (no kallsyms) count as inside: never call real code BPF.
-    fn contains(&self, addr: u64) -> bool {
-        self.ranges.is_empty() || self.ranges.iter().any(|&(s, e)| addr >= s && addr < e)
-    }
-}
-
-/// A loaded kernel module's address range, from /proc/modules.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ModuleRange {
-    name: String,
-    start: u64,
-    end: u64,
-}
-
-fn parse_modules(text: &str) -> Vec<ModuleRange> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let size = f.get(1)?.parse::<u64>().ok()?;
-            let start = u64::from_str_radix(f.get(5)?.trim_start_matches("0x"), 16).ok()?;
-            (start != 0).then(|| ModuleRange { name: f[0].to_string(), start, end: start + size })
-        })
-        .collect()
-}
-
 pub struct Symbolizer {
-    blaze: Blaze,
+    /// Built on the first user stack: tools without one never pay for it.
+    blaze: Option<Blaze>,
     kernel: HashMap<u64, Frame>,
     user: HashMap<(u32, u64), Frame>,
-    modules: Vec<ModuleRange>,
-    /// Read on the first kernel stack: tools without one never pay for it.
-    text: Option<KernelText>,
 }
 
 impl Default for Symbolizer {
@@ -197,14 +145,7 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        let modules = std::fs::read_to_string("/proc/modules").map(|t| parse_modules(&t)).unwrap_or_default();
-        Symbolizer {
-            blaze: Blaze::builder().enable_demangling(true).enable_code_info(false).build(),
-            kernel: HashMap::new(),
-            user: HashMap::new(),
-            modules,
-            text: None,
-        }
+        Symbolizer { blaze: None, kernel: HashMap::new(), user: HashMap::new() }
     }
 
     /// Symbolize a kernel stack. Every frame but the first is a return
@@ -212,21 +153,15 @@ impl Symbolizer {
     /// at the very end of a function from being blamed on the next one.
     pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
         let lookups = lookup_addrs(addrs);
-        let missing: Vec<u64> = dedup(lookups.iter().copied().filter(|a| !self.kernel.contains_key(a)));
-        if !missing.is_empty() {
-            let src = Source::Kernel(Kernel { debug_syms: false, ..Kernel::default() });
-            let syms = self.blaze.symbolize(&src, Input::AbsAddr(&missing)).unwrap_or_default();
-            let text = self.text.get_or_insert_with(|| {
-                KernelText::from_kallsyms(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default())
-            });
-            for (i, &a) in missing.iter().enumerate() {
-                let mut f = to_frame(a, syms.get(i));
-                f.module = self.modules.iter().find(|m| a >= m.start && a < m.end).map(|m| m.name.clone());
-                if f.module.is_none() && !text.contains(a) {
-                    f = Frame { addr: a, sym: Some(BPF_FRAME.to_string()), off: 0, module: None };
+        let ksyms = crate::ksyms::get();
+        for &a in &lookups {
+            self.kernel.entry(a).or_insert_with(|| match ksyms.place(a) {
+                Place::Function { name, off, module } => {
+                    Frame { addr: a, sym: Some(name.to_string()), off, module: module.map(str::to_string) }
                 }
-                self.kernel.insert(a, f);
-            }
+                Place::Bpf => Frame { addr: a, sym: Some(BPF_FRAME.to_string()), off: 0, module: None },
+                Place::Unknown => Frame { addr: a, sym: None, off: 0, module: None },
+            });
         }
         restore(addrs, &lookups, |a| self.kernel[&a].clone())
     }
@@ -238,7 +173,10 @@ impl Symbolizer {
         let missing: Vec<u64> = dedup(lookups.iter().copied().filter(|a| !self.user.contains_key(&(pid, *a))));
         if !missing.is_empty() {
             let src = Source::Process(Process::new(Pid::from(pid)));
-            let syms = self.blaze.symbolize(&src, Input::AbsAddr(&missing)).unwrap_or_default();
+            let blaze = self
+                .blaze
+                .get_or_insert_with(|| Blaze::builder().enable_demangling(true).enable_code_info(false).build());
+            let syms = blaze.symbolize(&src, Input::AbsAddr(&missing)).unwrap_or_default();
             for (i, &a) in missing.iter().enumerate() {
                 self.user.insert((pid, a), to_frame(a, syms.get(i)));
             }
@@ -316,12 +254,6 @@ mod tests {
     }
 
     #[test]
-    fn module_ranges() {
-        let m = parse_modules("loop 40960 0 - Live 0xffffffffc0a00000\nbad line\nx 1 0 - Live 0x0000000000000000\n");
-        assert_eq!(m, vec![ModuleRange { name: "loop".into(), start: 0xffffffffc0a00000, end: 0xffffffffc0a0a000 }]);
-    }
-
-    #[test]
     fn tracer_frames() {
         assert!(is_tracer_frame("bpf_prog_6deef7357e7b4530_handle"));
         assert!(is_tracer_frame("bpf_trace_run2"));
@@ -330,40 +262,42 @@ mod tests {
         assert!(!is_tracer_frame("schedule"));
     }
 
-    #[test]
-    fn outside_kernel_text_and_modules_is_bpf() {
-        let k = KernelText::from_kallsyms(
-            "ffffffff81000000 T _stext\nffffffff8220bb08 T _etext\nffffffff83b26734 R __stop_runtime_ptr_USER_PTR_MAX\n",
-        );
-        assert!(k.contains(0xffffffff81234567));
-        assert!(!k.contains(0xffffffffa0001234));
-        assert!(KernelText::default().contains(0xffffffffa0001234));
-    }
-
-    #[test]
-    fn this_kernel_has_text_bounds() {
-        let k = KernelText::from_kallsyms(&std::fs::read_to_string("/proc/kallsyms").unwrap());
-        assert_eq!(k.ranges.len(), 2, "{k:?}");
-    }
-
-    /// A real kernel symbol from this kernel's kallsyms resolves to itself,
-    /// and a return address just past a function's start keeps its name.
+    /// A real kernel symbol resolves to itself, and a return address just
+    /// past a function's start keeps its name.
     #[test]
     fn kernel_addresses_resolve() {
-        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
-        let addr = kallsyms
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3 && f[2] == "schedule").then(|| u64::from_str_radix(f[0], 16).unwrap())
-            })
-            .expect("schedule in kallsyms");
-        assert_ne!(addr, 0, "kallsyms addresses are hidden (kptr_restrict)");
+        let addr = crate::ksyms::require().unwrap().function("schedule").expect("schedule in kallsyms").addr;
         let mut s = Symbolizer::new();
         let frames = s.kernel_stack(&[addr, addr + 5]);
         assert_eq!(frames[0].label(), "schedule");
         assert_eq!(frames[1].label(), "schedule+0x5");
         assert_eq!(frames[1].addr, addr + 5);
+    }
+
+    /// The names blazesym's own kernel symbolizer gives, on this kernel's
+    /// real addresses: the lean table loses nothing.
+    #[test]
+    fn agrees_with_blazesym_here() {
+        let k = crate::ksyms::require().unwrap();
+        let addrs: Vec<u64> = ["schedule", "pipe_read", "try_to_wake_up", "vfs_read", "do_syscall_64"]
+            .iter()
+            .filter_map(|n| k.function(n))
+            .map(|f| f.addr + 7)
+            .collect();
+        assert!(addrs.len() >= 4, "{addrs:x?}");
+        let lookups = lookup_addrs(&addrs);
+        let blaze = Blaze::new();
+        let src = Source::Kernel(blazesym::symbolize::source::Kernel { debug_syms: false, ..Default::default() });
+        let theirs = blaze.symbolize(&src, Input::AbsAddr(&lookups)).unwrap();
+        let theirs: Vec<String> = restore(&addrs, &lookups, |a| {
+            let i = lookups.iter().position(|&l| l == a).unwrap();
+            to_frame(a, theirs.get(i))
+        })
+        .iter()
+        .map(Frame::label)
+        .collect();
+        let ours: Vec<String> = Symbolizer::new().kernel_stack(&addrs).iter().map(Frame::label).collect();
+        assert_eq!(ours, theirs);
     }
 
     /// Our own process: a function of this test binary resolves by name.

@@ -199,7 +199,6 @@ pub fn assert_released(held: &Held, timeout: Duration) {
     }
 }
 
-
 /// The three ways a run ends, each as a test: `detaches_after_the_duration`,
 /// `detaches_after_sigint`, `detaches_after_sigterm`, calling
 /// `check(stop, expected_stop_reason)`, where `stop` is the signal to send

@@ -443,7 +443,7 @@ mod tests {
             t("block_io_start"),
             t("block_rq_complete"),
         ];
-        crate::targets::resolve(&sites, &[], &[], &Default::default()).unwrap()
+        crate::targets::resolve(&sites, &[], &[], None).unwrap()
     }
 
     /// The function rungs cannot attach on the host (no kprobes), but

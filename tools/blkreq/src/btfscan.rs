@@ -222,20 +222,6 @@ fn request_ops(btf: &Btf<'_>) -> Vec<(String, u32)> {
         .collect()
 }
 
-/// Function names the kernel can resolve to an address (present in
-/// kallsyms as text); BTF also describes functions that were inlined
-/// everywhere or renamed (.isra, .constprop), which cannot be probed.
-pub fn kallsyms_text() -> std::collections::HashSet<String> {
-    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, kind, name) = (f.next()?, f.next()?, f.next()?);
-            matches!(kind, "t" | "T").then(|| name.to_string())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,10 +21,10 @@ use bpf::types::{brq_event, brq_stats};
 use cli::Format;
 use kdiag_shared::backend;
 use kdiag_shared::output::Sink;
-use kdiag_shared::precheck;
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{EventStream, Kind as Transport};
+use kdiag_shared::{ksyms, precheck};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -66,8 +66,9 @@ fn run(cli: cli::Cli) -> Result<()> {
         Some(o) => Some(filters::parse_op(o, ops).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    let resolved = targets::resolve(&kernel.sites, &cli.include, &cli.exclude, &btfscan::kallsyms_text())
-        .map_err(|e| anyhow!(e))?;
+    let resolved =
+        targets::resolve(&kernel.sites, &cli.include, &cli.exclude, Some(ksyms::get()).filter(|k| k.error().is_none()))
+            .map_err(|e| anyhow!(e))?;
     let plan = attach::plan(forced).map_err(|e| anyhow!(e))?;
 
     if cli.list {

@@ -3,7 +3,7 @@
 
 use crate::btfscan::{Kind, Site};
 use crate::globs::{is_plumbing, Glob};
-use std::collections::HashSet;
+use kdiag_shared::ksyms::KernelSymbols;
 
 /// Mirrors of `enum brq_role` in bpf/blkreq.h.
 pub const ADMIT: u8 = 1;
@@ -94,7 +94,7 @@ pub fn resolve(
     sites: &[Site],
     include: &[String],
     exclude: &[String],
-    kallsyms: &HashSet<String>,
+    kernel: Option<&KernelSymbols>,
 ) -> Result<Resolved, String> {
     let inc = include.iter().map(|g| Glob::new(g)).collect::<Result<Vec<_>, _>>()?;
     let exc = exclude.iter().map(|g| Glob::new(g)).collect::<Result<Vec<_>, _>>()?;
@@ -125,7 +125,7 @@ pub fn resolve(
                 let id = r.funcs.len() as u32;
                 let skip = if id as usize >= FUNC_SLOTS {
                     Some(format!("more than {FUNC_SLOTS} functions selected; narrow the set with -i"))
-                } else if !kallsyms.is_empty() && !kallsyms.contains(&s.name) {
+                } else if kernel.is_some_and(|k| k.function(&s.name).is_none()) {
                     Some("not in kallsyms (inlined or renamed by the compiler)".to_string())
                 } else if s.positions.iter().any(|&p| p as usize >= 6) {
                     Some("request passed on the stack (parameter 7 or later)".to_string())
@@ -179,8 +179,15 @@ mod tests {
             tp("block_rq_merge"),
         ]
     }
-    fn ksyms() -> HashSet<String> {
-        sites().iter().filter(|s| s.name != "blk_inlined_away").map(|s| s.name.clone()).collect()
+    fn ksyms() -> Option<&'static KernelSymbols> {
+        static SYMS: std::sync::OnceLock<KernelSymbols> = std::sync::OnceLock::new();
+        let text: String = sites()
+            .iter()
+            .filter(|s| s.name != "blk_inlined_away")
+            .enumerate()
+            .map(|(i, s)| format!("{:x} T {}\n", 0xffffffff81000000u64 + 0x100 * i as u64, s.name))
+            .collect();
+        Some(SYMS.get_or_init(|| KernelSymbols::parse(std::io::Cursor::new(text), "")))
     }
     fn names(ts: &[Target]) -> Vec<&str> {
         ts.iter().map(|t| t.site.name.as_str()).collect()
@@ -191,7 +198,7 @@ mod tests {
 
     #[test]
     fn all_blk_but_one_is_one_command_line() {
-        let r = resolve(&sites(), &s(&["blk_*"]), &s(&["blk_mq_free_request"]), &ksyms()).unwrap();
+        let r = resolve(&sites(), &s(&["blk_*"]), &s(&["blk_mq_free_request"]), ksyms()).unwrap();
         assert_eq!(names(&r.funcs), ["blk_mq_start_request", "blk_mq_bio_to_request", "blk_inlined_away"]);
         // Tracepoints stay: they are what the host kernel has.
         assert_eq!(names(&r.tps), ["block_io_start", "block_rq_issue", "block_rq_complete", "block_rq_merge"]);
@@ -199,7 +206,7 @@ mod tests {
 
     #[test]
     fn plumbing_is_never_included_and_ids_are_dense() {
-        let r = resolve(&sites(), &[], &[], &ksyms()).unwrap();
+        let r = resolve(&sites(), &[], &[], ksyms()).unwrap();
         assert!(!names(&r.funcs).contains(&"__traceiter_block_rq_issue"));
         assert_eq!(r.funcs.iter().map(|t| t.id).collect::<Vec<_>>(), (0..r.funcs.len() as u32).collect::<Vec<_>>());
         assert_eq!(r.tps[0].id as usize, FUNC_SLOTS);
@@ -208,7 +215,7 @@ mod tests {
 
     #[test]
     fn roles() {
-        let r = resolve(&sites(), &[], &[], &ksyms()).unwrap();
+        let r = resolve(&sites(), &[], &[], ksyms()).unwrap();
         let get = |n: &str| r.all().find(|t| t.site.name == n).unwrap().clone();
         assert_eq!(get("block_io_start").role, ADMIT | BIRTH);
         assert_eq!(get("blk_mq_bio_to_request").rank, 2);
@@ -218,25 +225,25 @@ mod tests {
         assert!(get("blk_inlined_away").skip.unwrap().contains("kallsyms"));
         // Before 6.5 there is no block_io_start: insert/issue admit.
         let old: Vec<Site> = sites().into_iter().filter(|s| s.name != "block_io_start").collect();
-        let r = resolve(&old, &[], &[], &ksyms()).unwrap();
+        let r = resolve(&old, &[], &[], ksyms()).unwrap();
         assert_eq!(r.tps.iter().find(|t| t.site.name == "block_rq_issue").unwrap().role, ADMIT);
     }
 
     #[test]
     fn excluded_tracepoints_still_drive_tracking_but_are_hidden() {
-        let r = resolve(&sites(), &[], &s(&["block_*"]), &ksyms()).unwrap();
+        let r = resolve(&sites(), &[], &s(&["block_*"]), ksyms()).unwrap();
         assert_eq!(names(&r.tps), ["block_io_start", "block_rq_complete"]);
         assert!(r.tps.iter().all(|t| t.role & HIDDEN != 0));
     }
 
     #[test]
     fn globs_matching_nothing_are_errors() {
-        let e = resolve(&sites(), &s(&["bkl_*"]), &[], &ksyms()).unwrap_err();
+        let e = resolve(&sites(), &s(&["bkl_*"]), &[], ksyms()).unwrap_err();
         assert_eq!(e, "-i 'bkl_*' matches no kernel function with a struct request * parameter");
-        let e = resolve(&sites(), &[], &s(&["nope"]), &ksyms()).unwrap_err();
+        let e = resolve(&sites(), &[], &s(&["nope"]), ksyms()).unwrap_err();
         assert!(e.starts_with("-x 'nope' matches no"), "{e}");
         // Plumbing does not count as a match.
-        assert!(resolve(&sites(), &s(&["__traceiter_*"]), &[], &ksyms()).is_err());
-        assert!(resolve(&sites(), &s(&["blk_[mq"]), &[], &ksyms()).unwrap_err().contains("unclosed"));
+        assert!(resolve(&sites(), &s(&["__traceiter_*"]), &[], ksyms()).is_err());
+        assert!(resolve(&sites(), &s(&["blk_[mq"]), &[], ksyms()).unwrap_err().contains("unclosed"));
     }
 }

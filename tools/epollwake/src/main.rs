@@ -5,7 +5,6 @@ mod cli;
 mod events;
 mod fdmap;
 mod herd;
-mod kallsyms;
 mod mask;
 mod report;
 mod socket;
@@ -26,7 +25,7 @@ use kdiag_shared::backend::{self, Mechanism};
 use kdiag_shared::output::Sink;
 use kdiag_shared::runctl::{RunControl, StopReason};
 use kdiag_shared::transport::{EventStream, Kind as Transport};
-use kdiag_shared::{precheck, probe, Errno};
+use kdiag_shared::{ksyms, precheck, probe, Errno};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 use report::Summary;
@@ -103,26 +102,25 @@ fn run(cli: cli::Cli) -> Result<()> {
 
     let mut ranges = [[0u64; 2]; 3];
     let have_data_ready = tracefs.join("events/sock/sk_data_ready").is_dir();
-    let k = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     // The socket callbacks that mark one event for herd grouping, where this
     // kernel has them as functions of their own; without one, its herds
     // are grouped by timing instead.
     let (mut readable_cb, mut wakeup_cb) = (false, false);
     if epitem {
-        let found = kallsyms::function_ranges(&k, &KSYMS[1..]).unwrap_or_default();
-        readable_cb = found.contains_key("sock_def_readable");
-        wakeup_cb = found.contains_key("sock_def_wakeup");
+        let k = ksyms::get();
+        readable_cb = k.function("sock_def_readable").is_some();
+        wakeup_cb = k.function("sock_def_wakeup").is_some();
     } else {
-        match kallsyms::function_ranges(&k, &KSYMS) {
-            Ok(r) => {
+        match ksyms::require() {
+            Ok(k) => {
                 for (i, name) in KSYMS.iter().enumerate() {
-                    match r.get(*name) {
-                        Some(&(s, e)) => ranges[i] = [s, e],
+                    match k.function(name) {
+                        Some(f) => ranges[i] = [f.addr, f.end],
                         None => notes.push(format!("{name} is not in /proc/kallsyms")),
                     }
                 }
             }
-            Err(e) => notes.push(e),
+            Err(e) => notes.push(e.to_string()),
         }
         if !have_data_ready {
             notes.push("this kernel has no sock:sk_data_ready tracepoint (added in 6.3)".into());
@@ -341,6 +339,17 @@ fn read_stats(map: &libbpf_rs::MapMut) -> Result<ew_stats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The functions the tracepoint backend recognises in wakers' stacks
+    /// are in this kernel, each a range of plausible size.
+    #[test]
+    fn this_kernel_has_the_epoll_callbacks() {
+        let k = ksyms::require().unwrap();
+        for name in KSYMS {
+            let f = k.function(name).unwrap_or_else(|| panic!("{name} not in kallsyms"));
+            assert!(f.addr < f.end && f.end - f.addr < 64 * 1024, "{f:?}");
+        }
+    }
 
     /// The kprobe rung cannot attach on the host (no kprobes), but its
     /// programs load: the verifier accepts the epitem path, and the CO-RE

@@ -28,7 +28,7 @@ use std::io::{BufWriter, Write};
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use target::{Kallsyms, Resolved, Spec};
+use target::{Kernel, Resolved, Spec};
 
 /// Every backend the tool has, for `--backend`.
 const ALL: [Mechanism; 5] =
@@ -95,7 +95,7 @@ fn run(cli: cli::Cli) -> Result<()> {
             target::resolve_tracepoint(t, group, name).map_err(|e| anyhow!(e))?
         }
         _ => {
-            let k = Kallsyms::load(tracefs.as_deref()).map_err(|e| anyhow!(e))?;
+            let k = Kernel::load(tracefs.as_deref()).map_err(|e| anyhow!(e))?;
             let r = target::resolve_functions(&spec, &k).map_err(|e| anyhow!(e))?;
             kallsyms = Some(k);
             r

@@ -1,9 +1,10 @@
 //! What the user asked to trace, and whether this kernel has it: a
 //! function, a glob of functions, or a tracepoint. Every "no" is one line
 //! that says why (no such function, only compiler clones of it, a variable,
-//! code the kernel never lets a tracer into), decided from kallsyms and
-//! tracefs before anything is loaded.
+//! code the kernel never lets a tracer into), decided from the kernel's
+//! symbols and tracefs before anything is loaded.
 
+use kdiag_shared::ksyms::{self, KernelSymbols, Place};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -81,13 +82,6 @@ pub fn glob_match(pat: &str, s: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sym {
-    pub addr: u64,
-    pub kind: char,
-    pub name: String,
-}
-
 /// Kernel text regions no tracer may enter: the entry code, noinstr code
 /// (runs where tracing is unsafe: before RCU is watching, in NMI entry),
 /// kprobes' own code, cpuidle, and __init code freed after boot. Their
@@ -103,55 +97,38 @@ const FORBIDDEN: [(&str, &str, &str); 7] = [
     ("_sinittext", "_einittext", "__init code, freed after boot"),
 ];
 
-pub struct Kallsyms {
-    syms: Vec<Sym>,
+/// The kernel's functions, as far as tracing them goes.
+pub struct Kernel<'k> {
+    syms: &'k KernelSymbols,
     forbidden: Vec<(u64, u64, &'static str)>,
     /// available_filter_functions, where the kernel shows it.
     filterable: Option<BTreeSet<String>>,
 }
 
-fn is_text(kind: char) -> bool {
-    matches!(kind, 't' | 'T')
-}
-
-/// Pieces of functions that are not entry points or not worth tracing by
-/// themselves: patchable-function prefixes, CFI stubs, cold fragments.
+/// Pieces of functions that are not worth tracing by themselves: cold
+/// fragments the compiler split off.
 fn is_fragment(name: &str) -> bool {
-    name.starts_with("__pfx_") || name.starts_with("__cfi_") || name.contains(".cold")
+    name.contains(".cold")
 }
 
-impl Kallsyms {
+impl Kernel<'static> {
     pub fn load(tracefs: Option<&Path>) -> Result<Self, String> {
-        let text = std::fs::read_to_string("/proc/kallsyms").map_err(|e| format!("cannot read /proc/kallsyms: {e}"))?;
+        let syms = ksyms::require().map_err(|e| e.to_string())?;
         let filterable = tracefs
             .and_then(|t| std::fs::read_to_string(t.join("available_filter_functions")).ok())
             .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect());
-        let k = Self::parse(&text, filterable);
-        if k.syms.iter().all(|s| s.addr == 0) {
-            return Err("kernel symbol addresses are hidden (kernel.kptr_restrict): run as root".into());
-        }
-        Ok(k)
+        Ok(Kernel::new(syms, filterable))
     }
+}
 
-    pub fn parse(text: &str, filterable: Option<BTreeSet<String>>) -> Self {
-        let mut syms: Vec<Sym> = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
-                let kind = f.next()?.chars().next()?;
-                let name = f.next()?.to_string();
-                Some(Sym { addr, kind, name })
-            })
-            .collect();
-        syms.sort_by_key(|s| s.addr);
-        let find = |n: &str| syms.iter().find(|s| s.name == n).map(|s| s.addr);
+impl<'k> Kernel<'k> {
+    pub fn new(syms: &'k KernelSymbols, filterable: Option<BTreeSet<String>>) -> Self {
         let forbidden = FORBIDDEN
             .iter()
-            .filter_map(|(a, b, why)| Some((find(a)?, find(b)?, *why)))
+            .filter_map(|(a, b, why)| Some((syms.address(a)?, syms.address(b)?, *why)))
             .filter(|(a, b, _)| a < b)
             .collect();
-        Kallsyms { syms, forbidden, filterable }
+        Kernel { syms, forbidden, filterable }
     }
 
     /// Why a tracer may not enter the function at `addr`, if it may not.
@@ -169,8 +146,10 @@ impl Kallsyms {
 
     /// The function at or before `addr`, for naming what a glob hit.
     pub fn function_at(&self, addr: u64) -> Option<&str> {
-        let i = self.syms.partition_point(|s| s.addr <= addr);
-        self.syms[..i].iter().rev().find(|s| is_text(s.kind) && !s.name.starts_with("__pfx_")).map(|s| s.name.as_str())
+        match self.syms.place(addr) {
+            Place::Function { name, .. } => Some(name),
+            _ => None,
+        }
     }
 }
 
@@ -200,28 +179,23 @@ impl Resolved {
 }
 
 /// Resolve a function or glob against kallsyms.
-pub fn resolve_functions(spec: &Spec, k: &Kallsyms) -> Result<Resolved, String> {
+pub fn resolve_functions(spec: &Spec, k: &Kernel) -> Result<Resolved, String> {
     match spec {
         Spec::Function(name) => {
-            let hits: Vec<&Sym> = k.syms.iter().filter(|s| &s.name == name).collect();
-            if let Some(s) = hits.iter().find(|s| is_text(s.kind)) {
-                if let Some(why) = k.forbidden(s.addr, name) {
+            if let Some(f) = k.syms.function(name) {
+                if let Some(why) = k.forbidden(f.addr, name) {
                     return Err(format!("{name} is not traceable: {why}"));
                 }
                 return Ok(Resolved::Functions { names: vec![name.clone()], excluded: vec![], glob: false });
             }
-            if let Some(s) = hits.first() {
-                return Err(format!(
-                    "{name} is not a function: kallsyms lists it as a symbol of type '{}' (data)",
-                    s.kind
-                ));
+            if let Some(kind) = k.syms.other_kind(name) {
+                return Err(format!("{name} is not a function: kallsyms lists it as a symbol of type '{kind}' (data)"));
             }
             let clones: BTreeSet<&str> = k
                 .syms
-                .iter()
-                .filter(|s| is_text(s.kind) && !is_fragment(&s.name))
-                .filter(|s| s.name.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('.')))
-                .map(|s| s.name.as_str())
+                .with_prefix(name)
+                .filter(|f| !is_fragment(f.name) && f.name[name.len()..].starts_with('.'))
+                .map(|f| f.name)
                 .collect();
             if !clones.is_empty() {
                 let list: Vec<&str> = clones.into_iter().collect();
@@ -240,14 +214,14 @@ pub fn resolve_functions(spec: &Spec, k: &Kallsyms) -> Result<Resolved, String> 
             let mut names = BTreeSet::new();
             let mut excluded = Vec::new();
             let mut seen = BTreeSet::new();
-            for s in k.syms.iter().filter(|s| is_text(s.kind) && !is_fragment(&s.name)) {
-                if !glob_match(pat, &s.name) || !seen.insert(s.name.clone()) {
+            for f in k.syms.functions().filter(|f| !is_fragment(f.name)) {
+                if !glob_match(pat, f.name) || !seen.insert(f.name) {
                     continue;
                 }
-                match k.forbidden(s.addr, &s.name) {
-                    Some(why) => excluded.push((s.name.clone(), why)),
+                match k.forbidden(f.addr, f.name) {
+                    Some(why) => excluded.push((f.name.to_string(), why)),
                     None => {
-                        names.insert(s.name.clone());
+                        names.insert(f.name.to_string());
                     }
                 }
             }
@@ -310,8 +284,13 @@ ffffffff821f7645 T __noinstr_text_end
 ffffffff83000000 D jiffies_64
 ";
 
-    fn k() -> Kallsyms {
-        Kallsyms::parse(KALLSYMS, None)
+    fn syms() -> &'static KernelSymbols {
+        static SYMS: std::sync::OnceLock<KernelSymbols> = std::sync::OnceLock::new();
+        SYMS.get_or_init(|| KernelSymbols::parse(std::io::Cursor::new(KALLSYMS), ""))
+    }
+
+    fn k() -> Kernel<'static> {
+        Kernel::new(syms(), None)
     }
 
     #[test]
@@ -376,7 +355,7 @@ ffffffff83000000 D jiffies_64
     #[test]
     fn available_filter_functions_has_the_last_word() {
         let only: BTreeSet<String> = ["vfs_fsync".to_string()].into();
-        let k = Kallsyms::parse(KALLSYMS, Some(only));
+        let k = Kernel::new(syms(), Some(only));
         let e = resolve_functions(&Spec::Function("vfs_fsync_range".into()), &k).unwrap_err();
         assert_eq!(
             e,
@@ -394,7 +373,7 @@ ffffffff83000000 D jiffies_64
     /// The host's own kallsyms: do_syscall_64 is noinstr on x86-64 since 5.x.
     #[test]
     fn this_kernel_marks_do_syscall_64() {
-        let k = Kallsyms::load(None).unwrap();
+        let k = Kernel::load(None).unwrap();
         let e = resolve_functions(&Spec::Function("do_syscall_64".into()), &k).unwrap_err();
         assert!(e.contains("noinstr"), "{e}");
         assert!(resolve_functions(&Spec::Function("vfs_fsync_range".into()), &k).is_ok());

@@ -1,7 +1,8 @@
 //! What offwaketime needs to know about the running kernel before loading:
-//! answered from its BTF and kallsyms, not from its version number, because
+//! answered from its BTF and its symbols, not from its version number, because
 //! distribution kernels backport.
 
+use kdiag_shared::ksyms::KernelSymbols;
 use libbpf_rs::btf::{types, Btf, BtfType};
 
 /// Does the sched_switch tracepoint pass prev_state (5.18+)? Its BTF
@@ -18,10 +19,9 @@ pub fn switch_passes_prev_state(btf: &Btf) -> bool {
 
 /// The symbol to put the switch kprobe on: `finish_task_switch`, or the
 /// compiler's clone of it (`finish_task_switch.isra.0`).
-pub fn finish_task_switch_symbol(kallsyms: &str) -> Option<String> {
-    kallsyms
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
+pub fn finish_task_switch_symbol(k: &KernelSymbols) -> Option<String> {
+    k.with_prefix("finish_task_switch")
+        .map(|f| f.name)
         .filter(|s| *s == "finish_task_switch" || s.strip_prefix("finish_task_switch.").is_some_and(|r| !r.is_empty()))
         .min_by_key(|s| s.len())
         .map(str::to_string)
@@ -31,13 +31,17 @@ pub fn finish_task_switch_symbol(kallsyms: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn syms(text: &str) -> KernelSymbols {
+        KernelSymbols::parse(std::io::Cursor::new(text), "")
+    }
+
     #[test]
     fn clone_names() {
         let k = "ffffffff813a4370 t __pfx_finish_task_switch.isra.0\nffffffff813a4380 t finish_task_switch.isra.0\n";
-        assert_eq!(finish_task_switch_symbol(k).as_deref(), Some("finish_task_switch.isra.0"));
+        assert_eq!(finish_task_switch_symbol(&syms(k)).as_deref(), Some("finish_task_switch.isra.0"));
         let k = "ffffffff813a4380 T finish_task_switch\nffffffff813a4390 t finish_task_switch.cold\n";
-        assert_eq!(finish_task_switch_symbol(k).as_deref(), Some("finish_task_switch"));
-        assert_eq!(finish_task_switch_symbol("1 T schedule\n"), None);
+        assert_eq!(finish_task_switch_symbol(&syms(k)).as_deref(), Some("finish_task_switch"));
+        assert_eq!(finish_task_switch_symbol(&syms("1 T schedule\n")), None);
     }
 
     /// The host kernel (6.18) passes prev_state.

@@ -4,7 +4,6 @@
 
 mod cli;
 mod kernel;
-mod ksyms;
 mod report;
 
 mod bpf {
@@ -77,10 +76,9 @@ fn run(cli: cli::Cli) -> Result<()> {
             precheck::tracefs().map_err(ProbeError::Unavailable)?;
         }
         if m == Mechanism::Kprobe {
-            let kallsyms = std::fs::read_to_string("/proc/kallsyms")
-                .map_err(|e| ProbeError::Unavailable(format!("cannot read /proc/kallsyms: {e}")))?;
+            let k = kdiag_shared::ksyms::require().map_err(|e| ProbeError::Unavailable(e.to_string()))?;
             kprobe_symbol = Some(
-                kernel::finish_task_switch_symbol(&kallsyms)
+                kernel::finish_task_switch_symbol(k)
                     .ok_or_else(|| ProbeError::Unavailable("no finish_task_switch in kallsyms".into()))?,
             );
         }
@@ -216,19 +214,8 @@ fn run(cli: cli::Cli) -> Result<()> {
 
     let softirq_names = kdiag_shared::softirq::vector_names(btf.as_ref());
     let groups = read_counts(&skel.maps.counts)?;
-    let mut lookups = Vec::new();
-    for (k, _) in &groups {
-        for id in [k.t_kstack, k.w_kstack].into_iter().filter(|&id| id >= 0) {
-            let addrs = stacks.get(&skel.maps.stacks, id);
-            lookups.extend(addrs.iter().enumerate().map(|(i, &a)| ksyms::lookup_addr(i, a)));
-        }
-    }
-    let ksyms = ksyms::KernelSyms::load(&lookups);
-    drop(lookups);
-    let entries: Vec<Entry> = groups
-        .iter()
-        .map(|(k, v)| to_entry(k, v, &skel.maps.stacks, &mut stacks, &mut sym, &ksyms, &softirq_names))
-        .collect();
+    let entries: Vec<Entry> =
+        groups.iter().map(|(k, v)| to_entry(k, v, &skel.maps.stacks, &mut stacks, &mut sym, &softirq_names)).collect();
     let mut entries = report::merge(entries);
     entries.sort_by_key(|e| (e.weight_us(), e.blocked_ns, e.runq_ns, e.count));
     let stats = read_stats(&skel.maps.stats)?;
@@ -348,13 +335,13 @@ fn comm(c: &[i8]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn kernel_stack(id: i32, map: &Map, cache: &mut StackCache, ksyms: &ksyms::KernelSyms) -> Stack {
+fn kernel_stack(id: i32, map: &Map, cache: &mut StackCache, sym: &mut Symbolizer) -> Stack {
     match id {
         NOT_TAKEN => Stack::NotTaken,
         id if id < 0 => Stack::Failed(Errno(-id)),
         id => {
             let addrs = cache.get(map, id).to_vec();
-            Stack::Frames(report::strip_tracer_frames(ksyms.stack(&addrs)))
+            Stack::Frames(report::strip_tracer_frames(sym.kernel_stack(&addrs)))
         }
     }
 }
@@ -378,7 +365,6 @@ fn to_entry(
     map: &Map,
     cache: &mut StackCache,
     sym: &mut Symbolizer,
-    ksyms: &ksyms::KernelSyms,
     softirq_names: &[String],
 ) -> Entry {
     let (t_user, t_trunc) = user_stack(k.t_tgid, k.t_ustack, map, cache, sym);
@@ -394,7 +380,7 @@ fn to_entry(
     let softirq = (context == Context::Softirq).then(|| {
         softirq_names.get(k.w_softirq as usize).cloned().unwrap_or_else(|| format!("vector {}", k.w_softirq as i32))
     });
-    let mut waker_kernel = kernel_stack(k.w_kstack, map, cache, ksyms);
+    let mut waker_kernel = kernel_stack(k.w_kstack, map, cache, sym);
     if matches!(context, Context::Hardirq | Context::Softirq | Context::Nmi) {
         if let Stack::Frames(f) = waker_kernel {
             waker_kernel = Stack::Frames(report::cut_at_interrupt_entry(f));
@@ -409,7 +395,7 @@ fn to_entry(
             comm: comm(&k.t_comm),
             pid: k.t_pid,
             tgid: k.t_tgid,
-            kernel_stack: kernel_stack(k.t_kstack, map, cache, ksyms),
+            kernel_stack: kernel_stack(k.t_kstack, map, cache, sym),
             user_stack: t_user,
             user_stack_truncated: t_trunc,
         },

@@ -118,6 +118,7 @@ struct LoopInfo64 {
     init: [u64; 2],
 }
 
+// The request is c_ulong on glibc and c_int on musl: `as _` at the call.
 const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
@@ -128,11 +129,11 @@ fn set_autoclear(dev: &File) -> Result<()> {
     // SAFETY: LoopInfo64 is plain data; the ioctls read and write exactly it.
     unsafe {
         let mut info: LoopInfo64 = std::mem::zeroed();
-        if libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, &mut info) != 0 {
+        if libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64 as _, &mut info) != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
         info.flags |= LO_FLAGS_AUTOCLEAR;
-        if libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &info) != 0 {
+        if libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64 as _, &info) != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
     }
