@@ -27,8 +27,11 @@ pub struct StackArgs {
 impl StackArgs {
     /// The --svg file, created before anything is attached: an unwritable
     /// path must fail at once, not after a long run.
-    pub fn create_svg(&self) -> Result<Option<File>, String> {
-        self.svg.as_ref().map(|p| File::create(p).map_err(|e| format!("cannot write {}: {e}", p.display()))).transpose()
+    pub fn create_svg(&self) -> anyhow::Result<Option<File>> {
+        self.svg
+            .as_ref()
+            .map(|p| File::create(p).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())))
+            .transpose()
     }
 }
 

@@ -40,19 +40,19 @@ pub fn format_list(cpus: &[u32]) -> String {
 }
 
 /// The CPUs that are online now.
-pub fn online() -> Result<Vec<u32>, String> {
+pub fn online() -> anyhow::Result<Vec<u32>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .map_err(|e| format!("cannot read /sys/devices/system/cpu/online: {e}"))?;
-    parse_list(&text)
+        .map_err(|e| anyhow::anyhow!("cannot read /sys/devices/system/cpu/online: {e}"))?;
+    parse_list(&text).map_err(anyhow::Error::msg)
 }
 
 /// Resolve `-c LIST` (or all online CPUs) and reject CPUs that are not online.
-pub fn select(requested: Option<&str>, online: &[u32]) -> Result<Vec<u32>, String> {
+pub fn select(requested: Option<&str>, online: &[u32]) -> anyhow::Result<Vec<u32>> {
     let Some(req) = requested else { return Ok(online.to_vec()) };
-    let cpus = parse_list(req)?;
+    let cpus = parse_list(req).map_err(anyhow::Error::msg)?;
     let missing: Vec<u32> = cpus.iter().copied().filter(|c| !online.contains(c)).collect();
     if !missing.is_empty() {
-        return Err(format!("CPU {} is not online (online CPUs: {})", format_list(&missing), format_list(online)));
+        anyhow::bail!("CPU {} is not online (online CPUs: {})", format_list(&missing), format_list(online));
     }
     Ok(cpus)
 }
@@ -86,7 +86,7 @@ mod tests {
         let on = [0, 1];
         assert_eq!(select(None, &on).unwrap(), vec![0, 1]);
         assert_eq!(select(Some("1"), &on).unwrap(), vec![1]);
-        assert_eq!(select(Some("1-3"), &on).unwrap_err(), "CPU 2-3 is not online (online CPUs: 0-1)");
+        assert_eq!(select(Some("1-3"), &on).unwrap_err().to_string(), "CPU 2-3 is not online (online CPUs: 0-1)");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The library every kdiag tool is built on. Each module holds one concern,
 //! in the order data flows through a tool:
 //!
+//! - [`lifecycle`]: the life of every tool, exec to exit: start-up, run,
+//!   stop requests at any moment, exit status.
 //! - [`args`]: one-line command-line errors.
+//! - [`libbpf_log`]: libbpf's messages, kept, and a refused load in one line.
 //! - [`precheck`]: privileges, BTF, tracefs, checked before anything loads.
 //! - [`backend`]: the ladder of attach mechanisms and the choice among them;
 //!   [`probe`] loads tiny programs to learn what this kernel really allows.
@@ -16,9 +19,12 @@
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
 //! - [`flame`]: flame graph SVGs from folded stacks (inferno).
 //! - [`histogram`]: log2 histograms as bcc prints them.
-//! - [`maps`]: reading maps: plain values, stack maps, failed captures.
+//! - [`maps`]: map values and records as the skeleton's plain-data types.
+//! - [`stacks`]: stack ids to named frames, tracer frames cut, merging,
+//!   failed captures.
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
-//! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
+//! - [`runctl`]: duration, stop signals, and why a run stopped.
+//! - [`skel`]: storage for the tools that open several BPF objects.
 //! - [`softirq`]: the kernel's softirq vector names, from BTF.
 
 pub mod args;
@@ -28,13 +34,17 @@ pub mod flame;
 pub mod ftrace;
 pub mod histogram;
 pub mod ksyms;
+pub mod libbpf_log;
+pub mod lifecycle;
 pub mod maps;
 pub mod output;
 pub mod perf;
 pub mod precheck;
 pub mod probe;
 pub mod runctl;
+pub mod skel;
 pub mod softirq;
+pub mod stacks;
 pub mod symbolize;
 pub mod transport;
 

@@ -84,17 +84,17 @@ impl Sink {
     }
 
     /// Open `path` for appending, creating it if needed.
-    pub fn append(path: &Path) -> Result<Self, String> {
+    pub fn append(path: &Path) -> anyhow::Result<Self> {
         let f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
         Ok(Sink { out: Box::new(f), path: Some(path.to_path_buf()) })
     }
 
     /// Stdout unless a log file was given.
-    pub fn from_option(path: Option<&Path>) -> Result<Self, String> {
+    pub fn from_option(path: Option<&Path>) -> anyhow::Result<Self> {
         path.map_or_else(|| Ok(Sink::stdout()), Sink::append)
     }
 
@@ -115,6 +115,13 @@ impl Sink {
         line.push('\n');
         self.text(&line)
     }
+}
+
+/// Text on stdout, flushed.
+pub fn stdout_text(s: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(s.as_bytes())?;
+    out.flush()
 }
 
 #[cfg(test)]
@@ -158,7 +165,7 @@ mod tests {
 
     #[test]
     fn unwritable_log_is_one_clear_line() {
-        let e = Sink::append(Path::new("/nonexistent-dir/x.log")).err().unwrap();
+        let e = Sink::append(Path::new("/nonexistent-dir/x.log")).err().unwrap().to_string();
         assert!(e.starts_with("cannot open log file /nonexistent-dir/x.log: "), "{e}");
         assert!(!e.contains('\n'));
     }

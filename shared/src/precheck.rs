@@ -18,37 +18,38 @@ pub struct Needs {
 }
 
 /// Check privileges and `needs`; mount tracefs if it is needed and absent.
-pub fn check(needs: Needs) -> Result<(), String> {
+pub fn check(needs: Needs) -> anyhow::Result<()> {
     privileges(effective_caps()?)?;
     if needs.btf && !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing); \
-                    it needs CONFIG_DEBUG_INFO_BTF=y"
-            .into());
+        anyhow::bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing); \
+             it needs CONFIG_DEBUG_INFO_BTF=y"
+        );
     }
     if needs.tracefs {
-        tracefs()?;
+        tracefs().map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(())
 }
 
-fn effective_caps() -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+fn effective_caps() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| anyhow::anyhow!("cannot read /proc/self/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .ok_or_else(|| "cannot find CapEff in /proc/self/status".to_string())
+        .ok_or_else(|| anyhow::anyhow!("cannot find CapEff in /proc/self/status"))
 }
 
 /// CAP_SYS_ADMIN alone is enough (and the only way before 5.8); otherwise
 /// both CAP_BPF and CAP_PERFMON are needed for tracing programs.
-fn privileges(cap_eff: u64) -> Result<(), String> {
+fn privileges(cap_eff: u64) -> anyhow::Result<()> {
     let has = |c: u32| cap_eff & (1u64 << c) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    Err("insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)".into())
+    anyhow::bail!("insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)")
 }
 
 /// Where tracefs is, mounting it at /sys/kernel/tracing if nothing is.
@@ -78,7 +79,7 @@ mod tests {
         assert!(privileges((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
         assert!(privileges(1 << CAP_BPF).is_err());
         assert!(privileges(1 << CAP_PERFMON).is_err());
-        let e = privileges(0).unwrap_err();
+        let e = privileges(0).unwrap_err().to_string();
         assert!(e.contains("run as root"), "{e}");
     }
 

@@ -46,12 +46,9 @@ pub fn kernel_supports(m: Mechanism) -> Result<(), ProbeError> {
         let tracefs = crate::precheck::tracefs().map_err(ProbeError::Unavailable)?;
         return crate::ftrace::function_tracer_usable(&tracefs).map_err(ProbeError::Unavailable);
     }
-    // libbpf explains a refused load at length on stderr; here a refusal is
-    // an expected answer, so keep it quiet and let the banner say it once.
-    let saved = libbpf_rs::set_print(None);
-    let result = try_mechanism(m);
-    libbpf_rs::set_print(saved);
-    result
+    // A refusal is an expected answer here: libbpf's account of it is
+    // collected (libbpf_log), not printed, and the banner says it once.
+    try_mechanism(m)
 }
 
 fn try_mechanism(m: Mechanism) -> Result<(), ProbeError> {

@@ -1,6 +1,7 @@
 //! Run control: how long a tool runs and why it stopped. Ctrl-C, SIGTERM
-//! and SIGHUP only raise a flag; the tool's loop sees it within one poll
-//! timeout, prints its summary and drops everything it attached.
+//! and SIGHUP only raise a flag, from the first instruction of `main` on;
+//! start-up checks it between steps, the run's loop within one poll
+//! timeout, and either way everything attached is dropped.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum StopReason {
     DurationEnded,
     Signal(&'static str),
+    /// Whoever read our stdout went away (`| head`): stop without a word.
+    ReaderGone,
     /// The tool's own reason, e.g. the traced process exited.
     Other(String),
 }
@@ -34,6 +37,7 @@ impl std::fmt::Display for StopReason {
         match self {
             StopReason::DurationEnded => f.write_str("duration ended"),
             StopReason::Signal(s) => write!(f, "{s} received"),
+            StopReason::ReaderGone => f.write_str("the reader of stdout went away"),
             StopReason::Other(s) => f.write_str(s),
         }
     }
@@ -41,30 +45,74 @@ impl std::fmt::Display for StopReason {
 
 const SIGNALS: [(i32, &str); 3] = [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")];
 
-pub struct RunControl {
+/// The stop signals, taken over as the first thing a tool does: from then
+/// on SIGINT, SIGTERM and SIGHUP only raise this flag. SIGINT is taken
+/// even when it was inherited ignored (a job started in the background by
+/// a script), as perf and bpftrace do: a tool that holds kernel probes
+/// must always be stoppable the way it says in its banner.
+#[derive(Clone)]
+pub struct Stop {
     signal: Arc<AtomicUsize>,
+}
+
+impl Stop {
+    pub fn install() -> std::io::Result<Self> {
+        let signal = Arc::new(AtomicUsize::new(0));
+        for (sig, _) in SIGNALS {
+            signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+        }
+        Ok(Stop { signal })
+    }
+
+    /// The name of the stop signal received, if one was.
+    pub fn signal(&self) -> Option<&'static str> {
+        let sig = self.signal.load(Ordering::Relaxed) as i32;
+        SIGNALS.iter().find(|(s, _)| *s == sig).map(|(_, name)| *name)
+    }
+}
+
+/// `fd` is a pipe or socket whose reader is gone. poll() reports POLLERR
+/// (pipe) or POLLHUP (socket) on it without our asking; a terminal or a
+/// file never does.
+fn reader_gone(fd: i32) -> bool {
+    // SAFETY: stat is plain data; fstat fills it, or fails on a closed fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+        return false;
+    }
+    let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// A run that has started: its clock, its deadline, and why it stops.
+pub struct RunControl {
+    stop: Stop,
     deadline: Option<Instant>,
     started: Instant,
 }
 
 impl RunControl {
-    /// Start the clock and take over SIGINT, SIGTERM and SIGHUP. Call it
-    /// before printing the banner: users and tests take the banner as the
-    /// sign that the tool is running and can be stopped cleanly.
-    pub fn start(duration: Option<Duration>) -> std::io::Result<Self> {
-        let signal = Arc::new(AtomicUsize::new(0));
-        for (sig, _) in SIGNALS {
-            signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
-        }
+    /// Start the clock. Call it once attached, before printing the banner:
+    /// users and tests take the banner as the sign that the tool is
+    /// running and can be stopped cleanly.
+    pub fn start(stop: &Stop, duration: Option<Duration>) -> Self {
         let started = Instant::now();
-        Ok(RunControl { signal, deadline: duration.map(|d| started + d), started })
+        RunControl { stop: stop.clone(), deadline: duration.map(|d| started + d), started }
     }
 
     /// Why the run should stop now, if it should.
     pub fn stop_reason(&self) -> Option<StopReason> {
-        let sig = self.signal.load(Ordering::Relaxed) as i32;
-        if let Some((_, name)) = SIGNALS.iter().find(|(s, _)| *s == sig) {
+        if let Some(name) = self.stop.signal() {
             return Some(StopReason::Signal(name));
+        }
+        if reader_gone(1) {
+            return Some(StopReason::ReaderGone);
         }
         match self.deadline {
             Some(d) if Instant::now() >= d => Some(StopReason::DurationEnded),
@@ -103,11 +151,29 @@ mod tests {
 
     #[test]
     fn deadline_and_timeout() {
-        let rc = RunControl::start(Some(Duration::from_millis(50))).unwrap();
+        let rc = RunControl::start(&Stop::install().unwrap(), Some(Duration::from_millis(50)));
         assert_eq!(rc.stop_reason(), None);
         assert!(rc.poll_timeout(Duration::from_secs(1)) <= Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(rc.stop_reason(), Some(StopReason::DurationEnded));
         assert_eq!(rc.poll_timeout(Duration::from_secs(1)), Duration::ZERO);
+    }
+
+    /// A pipe whose reading end is closed is a reader gone; an open one
+    /// or a file is not.
+    #[test]
+    fn a_closed_pipe_is_a_reader_gone() {
+        let mut fds = [0; 2];
+        // SAFETY: plain pipe/close on fds this test owns.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let open = reader_gone(fds[1]);
+            libc::close(fds[0]);
+            let closed = reader_gone(fds[1]);
+            libc::close(fds[1]);
+            assert!(!open && closed, "open {open} closed {closed}");
+        }
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!reader_gone(std::os::fd::AsRawFd::as_raw_fd(&f)));
     }
 }

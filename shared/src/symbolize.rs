@@ -38,55 +38,6 @@ impl Frame {
     }
 }
 
-/// One captured stack, as far as it could be had: what tools that count
-/// stacks report for each side (kernel, user) of a sample.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stack {
-    /// Not asked for (-K/-U, a kernel thread's user stack, user space under
-    /// an interrupt).
-    NotTaken,
-    Failed(crate::Errno),
-    /// Innermost frame first.
-    Frames(Vec<Frame>),
-}
-
-impl Stack {
-    /// Frame names as bcc prints them, innermost first: kernel frames with
-    /// their module; a failed or empty capture is one `[Missed ...]` line.
-    pub fn names(&self, kernel: bool) -> Vec<String> {
-        let what = if kernel { "Kernel" } else { "User" };
-        match self {
-            Stack::NotTaken => vec![],
-            Stack::Failed(e) => vec![format!("[Missed {what} Stack: {e}]")],
-            Stack::Frames(f) if f.is_empty() => vec![format!("[Missed {what} Stack]")],
-            Stack::Frames(f) => f
-                .iter()
-                .map(|f| match (&f.sym, &f.module) {
-                    (None, _) => "[unknown]".to_string(),
-                    (Some(s), Some(m)) if kernel => format!("{s} [{m}]"),
-                    (Some(s), _) => s.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Frames as JSON, or {"error": "EEXIST"}, or null when not taken.
-impl Serialize for Stack {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match self {
-            Stack::NotTaken => s.serialize_none(),
-            Stack::Frames(f) => f.serialize(s),
-            Stack::Failed(e) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("error", &e.to_string())?;
-                m.end()
-            }
-        }
-    }
-}
-
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:#x}"))
 }
@@ -237,20 +188,6 @@ mod tests {
             serde_json::to_string(&f).unwrap(),
             r#"{"addr":"0x1","sym":"owner_func","off":18,"module":"irqoff_test"}"#
         );
-    }
-
-    #[test]
-    fn stack_names_and_json() {
-        let f = Frame { addr: 1, sym: Some("lo_rw_aio".into()), off: 4, module: Some("loop".into()) };
-        let st = Stack::Frames(vec![f, Frame { addr: 2, sym: None, off: 0, module: None }]);
-        assert_eq!(st.names(true), ["lo_rw_aio [loop]", "[unknown]"]);
-        assert_eq!(st.names(false), ["lo_rw_aio", "[unknown]"]);
-        assert_eq!(Stack::Frames(vec![]).names(false), ["[Missed User Stack]"]);
-        let failed = Stack::Failed(crate::Errno(libc::EEXIST));
-        assert_eq!(failed.names(true), ["[Missed Kernel Stack: EEXIST]"]);
-        assert_eq!(serde_json::to_string(&failed).unwrap(), r#"{"error":"EEXIST"}"#);
-        assert_eq!(serde_json::to_string(&Stack::NotTaken).unwrap(), "null");
-        assert!(Stack::NotTaken.names(true).is_empty());
     }
 
     #[test]

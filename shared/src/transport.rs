@@ -6,6 +6,8 @@
 //! counted by the BPF program (it knows, userspace does not), a perf buffer
 //! overrun is reported to us by the kernel and counted here.
 
+use crate::maps::{decode, Plain};
+use anyhow::Context as _;
 use libbpf_rs::{Map, MapCore, MapType, OpenMapMut, PerfBuffer, PerfBufferBuilder, RingBuffer, RingBufferBuilder};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -41,9 +43,9 @@ impl Kind {
     /// Before load: of one channel's `_ring` and `_perf` maps, keep only
     /// the one of this kind. The BPF flag `kd_use_ringbuf` must be set to
     /// match by the caller (it lives in the tool's own rodata).
-    pub fn configure<'o>(self, ring: &mut OpenMapMut<'o>, perf: &mut OpenMapMut<'o>) -> Result<(), String> {
+    pub fn configure<'o>(self, ring: &mut OpenMapMut<'o>, perf: &mut OpenMapMut<'o>) -> anyhow::Result<()> {
         let unused = if self == Kind::RingBuf { perf } else { ring };
-        unused.set_autocreate(false).map_err(|e| format!("configuring the event transport: {e}"))
+        Ok(unused.set_autocreate(false).context("configuring the event transport")?)
     }
 }
 
@@ -56,14 +58,14 @@ pub struct EventStream<'cb> {
 
 impl<'cb> EventStream<'cb> {
     /// `channels` pairs each channel's ring and perf maps, as loaded.
-    pub fn open<'m, F>(kind: Kind, channels: &[(&'m Map<'m>, &'m Map<'m>)], handler: F) -> Result<Self, String>
+    pub fn open<'m, F>(kind: Kind, channels: &[(&'m Map<'m>, &'m Map<'m>)], handler: F) -> anyhow::Result<Self>
     where
         F: FnMut(&[u8]) + 'cb,
         'm: 'cb,
     {
         let handler = Rc::new(RefCell::new(handler));
         let lost = Rc::new(Cell::new(0u64));
-        let err = |e: libbpf_rs::Error| format!("opening the event {}: {e}", kind.name());
+        let err = |e: libbpf_rs::Error| anyhow::anyhow!("opening the event {}: {e}", kind.name());
         match kind {
             Kind::RingBuf => {
                 let mut b = RingBufferBuilder::new();
@@ -97,10 +99,10 @@ impl<'cb> EventStream<'cb> {
     /// Deliver what is pending, waiting up to `timeout` for the first
     /// event. An interrupting signal is not an error: the caller's loop
     /// checks why it woke up.
-    pub fn poll(&self, timeout: Duration) -> Result<(), String> {
+    pub fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
         let ok_if_interrupted = |r: libbpf_rs::Result<()>| match r {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => Ok(()),
-            other => other.map_err(|e| format!("reading events: {e}")),
+            other => other.context("reading events"),
         };
         if let Some(rb) = &self.ring {
             return ok_if_interrupted(rb.poll(timeout));
@@ -114,5 +116,50 @@ impl<'cb> EventStream<'cb> {
     /// Events the kernel dropped because a perf buffer was full.
     pub fn lost(&self) -> u64 {
         self.lost.get()
+    }
+}
+
+/// Records of one type from one or more channels, decoded as they come
+/// and kept until the tool takes them: the usual way to read events.
+pub struct Inbox<'cb, T> {
+    stream: EventStream<'cb>,
+    queue: Rc<RefCell<Vec<T>>>,
+}
+
+/// Decode a record of a plain-data skeleton type; a short one is dropped.
+pub fn record<T: Plain + Default>(data: &[u8]) -> Option<T> {
+    decode(data)
+}
+
+impl<'cb, T: 'cb> Inbox<'cb, T> {
+    /// `decode` turns a record's bytes into a `T` ([`record`] for a plain
+    /// skeleton type); records it refuses are dropped.
+    pub fn open<'m>(
+        kind: Kind,
+        channels: &[(&'m Map<'m>, &'m Map<'m>)],
+        decode: fn(&[u8]) -> Option<T>,
+    ) -> anyhow::Result<Self>
+    where
+        'm: 'cb,
+    {
+        let queue: Rc<RefCell<Vec<T>>> = Rc::default();
+        let q = queue.clone();
+        let stream = EventStream::open(kind, channels, move |data: &[u8]| {
+            if let Some(v) = decode(data) {
+                q.borrow_mut().push(v);
+            }
+        })?;
+        Ok(Inbox { stream, queue })
+    }
+
+    /// Wait up to `timeout` for records, and take all that are in.
+    pub fn poll(&self, timeout: Duration) -> anyhow::Result<Vec<T>> {
+        self.stream.poll(timeout)?;
+        Ok(std::mem::take(&mut *self.queue.borrow_mut()))
+    }
+
+    /// Records the kernel dropped because a perf buffer was full.
+    pub fn lost(&self) -> u64 {
+        self.stream.lost()
     }
 }

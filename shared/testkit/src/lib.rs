@@ -70,7 +70,7 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
 
 /// Run `bin args` as nobody with no capabilities (setpriv, util-linux) and
 /// check that it refuses in exactly one line that says what it needs, with
-/// exit status 1, before touching the kernel.
+/// exit status 2, before touching the kernel.
 pub fn assert_refused_without_privileges(bin: &str, args: &[&str]) {
     let tool = std::path::Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
     let out = std::process::Command::new("setpriv")
@@ -79,7 +79,7 @@ pub fn assert_refused_without_privileges(bin: &str, args: &[&str]) {
         .output()
         .expect("setpriv (util-linux)");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim(), format!("{tool}: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)"));
 }
 
@@ -149,6 +149,15 @@ pub fn held_by(pid: u32) -> Held {
         }
     }
     held
+}
+
+/// The BPF programs process `pid` holds now, by name, with their types.
+pub fn programs_held_by(pid: u32) -> Vec<(String, libbpf_rs::ProgramType)> {
+    let ids = held_by(pid).progs;
+    libbpf_rs::query::ProgInfoIter::default()
+        .filter(|p| ids.contains(&p.id))
+        .map(|p| (p.name.to_string_lossy().into_owned(), p.ty))
+        .collect()
 }
 
 /// Run to completion, watching the process while it runs: the names of

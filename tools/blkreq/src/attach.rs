@@ -11,12 +11,12 @@ use crate::bpf::{BlkreqSkel, BlkreqSkelBuilder, OpenBlkreqSkel};
 use crate::btfscan::Kind;
 use crate::targets::{Resolved, Target, FUNC_SLOTS};
 use anyhow::{anyhow, Context as _, Result};
-use kdiag_shared::backend::{self, Choice, Mechanism, ProbeError};
+use kdiag_shared::backend::{self, Choice, Mechanism};
+use kdiag_shared::skel::Storage;
 use kdiag_shared::transport::Kind as Transport;
-use kdiag_shared::{probe, Errno};
+use kdiag_shared::{libbpf_log, probe, Errno};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{AsRawLibbpf, KprobeMultiOpts, Link, OpenObject, ProgramMut};
-use std::mem::MaybeUninit;
+use libbpf_rs::{AsRawLibbpf, KprobeMultiOpts, Link, ProgramMut};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -61,15 +61,8 @@ impl Plan {
     }
 }
 
-fn quiet<T>(f: impl FnOnce() -> T) -> T {
-    let saved = libbpf_rs::set_print(None);
-    let r = f();
-    libbpf_rs::set_print(saved);
-    r
-}
-
 pub fn plan(forced: Option<Mechanism>) -> Result<Plan, String> {
-    let probe = |m| quiet(|| probe::kernel_supports(m));
+    let probe = probe::kernel_supports;
     let (func_forced, tp_forced) = match forced {
         Some(m) if FUNC_LADDER.contains(&m) => (Some(m), None),
         Some(m) => (None, Some(m)),
@@ -84,12 +77,7 @@ pub fn plan(forced: Option<Mechanism>) -> Result<Plan, String> {
             Err(e) => Err(e),
         },
     };
-    let tps = backend::choose(&TP_LADDER, tp_forced, |m| {
-        probe(m).map_err(|e| match e {
-            ProbeError::Unavailable(w) => ProbeError::Unavailable(w),
-            ProbeError::Fatal(w) => ProbeError::Fatal(w),
-        })
-    })?;
+    let tps = backend::choose(&TP_LADDER, tp_forced, probe)?;
     Ok(Plan { funcs: funcs_choice.as_ref().ok().map(|c| c.mechanism), funcs_choice, tps })
 }
 
@@ -107,7 +95,7 @@ pub struct Config {
     pub bio_births: bool,
 }
 
-fn configure(open: &mut OpenBlkreqSkel<'static>, cfg: &Config, res: &Resolved) -> Result<()> {
+fn configure(open: &mut OpenBlkreqSkel<'_>, cfg: &Config, res: &Resolved) -> Result<()> {
     let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
     ro.kd_use_ringbuf = cfg.transport == Transport::RingBuf;
     ro.max_requests = cfg.count as u64;
@@ -130,21 +118,18 @@ fn configure(open: &mut OpenBlkreqSkel<'static>, cfg: &Config, res: &Resolved) -
     }
     // Never deleted during a run: at most one entry per admitted pointer.
     open.maps.tracked.set_max_entries(cfg.count).context("sizing the request table")?;
-    cfg.transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).map_err(|e| anyhow!(e))?;
+    cfg.transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
     for mut p in open.open_object_mut().progs_mut() {
         p.set_autoload(false);
     }
     Ok(())
 }
 
-fn open_skel() -> Result<OpenBlkreqSkel<'static>> {
-    // Each object borrows its storage for as long as it lives; a run opens
-    // a handful, so leaking the storage (not the object) is fine.
-    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-    BlkreqSkelBuilder::default().open(storage).context("opening the BPF object")
+fn open_skel(storage: &Storage) -> Result<OpenBlkreqSkel<'_>> {
+    BlkreqSkelBuilder::default().open(storage.slot()).context("opening the BPF object")
 }
 
-fn set_prog(open: &mut OpenBlkreqSkel<'static>, name: &str, target: Option<&str>) -> Result<()> {
+fn set_prog(open: &mut OpenBlkreqSkel<'_>, name: &str, target: Option<&str>) -> Result<()> {
     for mut p in open.open_object_mut().progs_mut() {
         if p.name() == name {
             p.set_autoload(true);
@@ -159,9 +144,9 @@ fn set_prog(open: &mut OpenBlkreqSkel<'static>, name: &str, target: Option<&str>
 
 /// Everything attached; dropping it detaches (kprobes in parallel, as
 /// each kprobe removal waits for an RCU grace period).
-pub struct Attached {
-    pub core: BlkreqSkel<'static>,
-    fentry: Vec<BlkreqSkel<'static>>,
+pub struct Attached<'s> {
+    pub core: BlkreqSkel<'s>,
+    fentry: Vec<BlkreqSkel<'s>>,
     links: Vec<Link>,
     pub funcs_attached: usize,
     pub tps_attached: usize,
@@ -170,7 +155,7 @@ pub struct Attached {
     pub attach_time: Duration,
 }
 
-impl Drop for Attached {
+impl Drop for Attached<'_> {
     fn drop(&mut self) {
         let links = std::mem::take(&mut self.links);
         if links.len() > 64 {
@@ -191,7 +176,7 @@ fn drop_in_parallel(links: Vec<Link>) {
     });
 }
 
-fn find_prog<'a>(skel: &'a mut BlkreqSkel<'static>, name: &str) -> Option<ProgramMut<'a>> {
+fn find_prog<'a>(skel: &'a mut BlkreqSkel<'_>, name: &str) -> Option<ProgramMut<'a>> {
     skel.object_mut().progs_mut().find(|p| p.name() == name)
 }
 
@@ -199,9 +184,9 @@ fn errno_text(e: &libbpf_rs::Error) -> String {
     Errno::of_libbpf(e).map(|e| e.to_string()).unwrap_or_else(|| e.to_string())
 }
 
-pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Attached> {
+pub fn load_and_attach<'s>(storage: &'s Storage, plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Attached<'s>> {
     let started = Instant::now();
-    let mut open = open_skel()?;
+    let mut open = open_skel(storage)?;
     configure(&mut open, cfg, res)?;
     let tp_btf = plan.tps.mechanism == Mechanism::TpBtf;
     let tps: Vec<&Target> = res.tps.iter().filter(|t| t.skip.is_none()).collect();
@@ -222,7 +207,7 @@ pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Atta
         Some(Mechanism::Kprobe) => set_prog(&mut open, "brq_kprobe", None)?,
         _ => {}
     }
-    let core = open.load().context("loading the BPF programs")?;
+    let core = open.load().map_err(|e| anyhow!(libbpf_log::explain_load("the BPF programs", &e)))?;
     let mut a = Attached {
         core,
         fentry: vec![],
@@ -260,7 +245,7 @@ pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Atta
     let funcs: Vec<&Target> = res.funcs.iter().filter(|t| t.skip.is_none()).collect();
     match plan.funcs {
         Some(Mechanism::KprobeMulti) => attach_kmulti(&mut a, &funcs),
-        Some(Mechanism::Fentry) => attach_fentry(&mut a, cfg, res, &funcs)?,
+        Some(Mechanism::Fentry) => attach_fentry(&mut a, storage, cfg, res, &funcs)?,
         Some(Mechanism::Kprobe) => attach_kprobes(&mut a, &funcs),
         _ => {}
     }
@@ -278,7 +263,7 @@ pub fn load_and_attach(plan: &Plan, cfg: &Config, res: &Resolved) -> Result<Atta
 /// One link for all; if the kernel refuses the set (one symbol is not
 /// traceable), halve it until the refusers are found.
 fn attach_kmulti(a: &mut Attached, funcs: &[&Target]) {
-    fn go(a: &mut Attached, funcs: &[&Target]) {
+    fn go(a: &mut Attached<'_>, funcs: &[&Target]) {
         if funcs.is_empty() {
             return;
         }
@@ -289,7 +274,7 @@ fn attach_kmulti(a: &mut Attached, funcs: &[&Target]) {
             retprobe: false,
             ..Default::default()
         };
-        match quiet(|| prog.attach_kprobe_multi_with_opts(opts)) {
+        match prog.attach_kprobe_multi_with_opts(opts) {
             Ok(l) => {
                 a.links.push(l);
                 a.funcs_attached += funcs.len();
@@ -313,7 +298,7 @@ fn attach_kprobes(a: &mut Attached, funcs: &[&Target]) {
     let jobs: Vec<(String, String, u64)> =
         funcs.iter().map(|t| (t.label(), t.site.name.clone(), t.id as u64)).collect();
     let per = jobs.len().div_ceil(8).max(1);
-    let results: Vec<(String, Result<Link, String>)> = quiet(|| {
+    let results: Vec<(String, Result<Link, String>)> = {
         std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .chunks(per)
@@ -328,7 +313,7 @@ fn attach_kprobes(a: &mut Attached, funcs: &[&Target]) {
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
         })
-    });
+    };
     for (label, r) in results {
         match r {
             Ok(l) => {
@@ -367,20 +352,26 @@ fn attach_one_kprobe(prog: usize, func: &str, cookie: u64) -> Result<Link, Strin
 /// fentry programs are bound to their function at load, and one refusal
 /// fails a whole object's load: load them in objects of their own that
 /// share the core's maps, halving a group that fails.
-fn attach_fentry(a: &mut Attached, cfg: &Config, res: &Resolved, funcs: &[&Target]) -> Result<()> {
+fn attach_fentry<'s>(
+    a: &mut Attached<'s>,
+    storage: &'s Storage,
+    cfg: &Config,
+    res: &Resolved,
+    funcs: &[&Target],
+) -> Result<()> {
     let mut groups: Vec<Vec<&Target>> = vec![funcs.to_vec()];
     while let Some(g) = groups.pop() {
         if g.is_empty() {
             continue;
         }
-        match quiet(|| load_fentry_group(&a.core, cfg, res, &g)) {
+        match load_fentry_group(storage, &a.core, cfg, res, &g) {
             Ok(mut skel) => {
                 for t in &g {
                     let name = format!("brq_fe_{}", t.id);
                     let prog = find_prog(&mut skel, &name).context("fentry slot")?;
                     // A refusal is expected (and named in the banner's
                     // count); libbpf's own line for it is noise at 3 a.m.
-                    match quiet(|| prog.attach_trace()) {
+                    match prog.attach_trace() {
                         Ok(l) => {
                             a.links.push(l);
                             a.funcs_attached += 1;
@@ -401,13 +392,14 @@ fn attach_fentry(a: &mut Attached, cfg: &Config, res: &Resolved, funcs: &[&Targe
     Ok(())
 }
 
-fn load_fentry_group(
-    core: &BlkreqSkel<'static>,
+fn load_fentry_group<'s>(
+    storage: &'s Storage,
+    core: &BlkreqSkel<'_>,
     cfg: &Config,
     res: &Resolved,
     group: &[&Target],
-) -> Result<BlkreqSkel<'static>, libbpf_rs::Error> {
-    let mut open = open_skel().map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
+) -> Result<BlkreqSkel<'s>, libbpf_rs::Error> {
+    let mut open = open_skel(storage).map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
     configure(&mut open, cfg, res).map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
     let m = &mut open.maps;
     m.tracked.reuse_fd(core.maps.tracked.as_fd())?;
@@ -463,7 +455,8 @@ mod tests {
                 bio_births: true,
             };
             let res = resolved();
-            let mut open = open_skel().unwrap();
+            let storage = Storage::new();
+            let mut open = open_skel(&storage).unwrap();
             configure(&mut open, &cfg, &res).unwrap();
             for name in ["brq_kmulti", "brq_kprobe", "brq_tb_0", "brq_rt_1", "brq_getrq_tb", "brq_getrq_rt"] {
                 let target = (name == "brq_tb_0").then_some("block_io_start");
@@ -498,7 +491,8 @@ mod tests {
             funcs_choice: Err("test".into()),
             tps: Choice { mechanism: Mechanism::RawTp, forced: true, passed_over: vec![] },
         };
-        let a = load_and_attach(&plan, &cfg, &res).unwrap();
+        let storage = Storage::new();
+        let a = load_and_attach(&storage, &plan, &cfg, &res).unwrap();
         assert_eq!(a.tps_attached, 2);
         if fentry_works {
             assert_eq!(a.funcs_attached + a.refused.len(), 3, "{:?}", a.refused);

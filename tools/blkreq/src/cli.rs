@@ -119,6 +119,15 @@ pub struct Cli {
     /// completed or Ctrl-C.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub common: kdiag_shared::lifecycle::CommonArgs,
+}
+
+impl kdiag_shared::lifecycle::ToolArgs for Cli {
+    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
+        &self.common
+    }
 }
 
 fn parse_count(s: &str) -> Result<u32, String> {

@@ -16,17 +16,17 @@ mod bpf {
     include!(concat!(env!("OUT_DIR"), "/blkreq.skel.rs"));
 }
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use bpf::types::{brq_event, brq_stats};
 use cli::Format;
-use kdiag_shared::backend;
+use kdiag_shared::lifecycle::Session;
+use kdiag_shared::maps::c_string;
 use kdiag_shared::output::Sink;
-use kdiag_shared::runctl::{RunControl, StopReason};
+use kdiag_shared::runctl::StopReason;
+use kdiag_shared::skel::Storage;
 use kdiag_shared::symbolize::Symbolizer;
-use kdiag_shared::transport::{EventStream, Kind as Transport};
-use kdiag_shared::{ksyms, precheck};
-use std::cell::RefCell;
-use std::rc::Rc;
+use kdiag_shared::transport::{self, Inbox, Kind as Transport};
+use kdiag_shared::{backend, ksyms, lifecycle, precheck, say};
 use std::time::{Duration, Instant};
 use targets::Resolved;
 use timeline::Step;
@@ -36,44 +36,32 @@ use timeline::Step;
 /// still belong to it, and the run lingers this long before stopping.
 const POST_END: Duration = Duration::from_millis(10);
 
+kdiag_shared::plain_data!(brq_event, brq_stats);
+
 fn main() {
-    let cli: cli::Cli = kdiag_shared::args::parse("blkreq");
-    if let Err(e) = run(cli) {
-        eprintln!("blkreq: {e:#}");
-        std::process::exit(1);
-    }
+    lifecycle::main("blkreq", run)
 }
 
-fn run(cli: cli::Cli) -> Result<()> {
+fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     // Everything the user can get wrong is checked before anything loads.
-    let forced = match &cli.backend {
-        Some(b) => Some(backend::parse_backend(b, &attach::ALL).map_err(|e| anyhow!(e))?),
-        None => None,
-    };
-    let dev = match &cli.dev {
-        Some(d) => Some(filters::parse_dev(d).map_err(|e| anyhow!(e))?),
-        None => None,
-    };
-    if let Some(pid) = cli.pid {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(anyhow!("no process with PID {pid}"));
-        }
+    let forced = cli.backend.as_deref().map(|b| backend::parse_backend(b, &attach::ALL)).transpose();
+    let forced = forced.map_err(anyhow::Error::msg)?;
+    let dev = cli.dev.as_deref().map(filters::parse_dev).transpose().map_err(anyhow::Error::msg)?;
+    if let Some(pid) = cli.pid.filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        anyhow::bail!("no process with PID {pid}");
     }
-    precheck::check(precheck::Needs { btf: true, tracefs: false }).map_err(|e| anyhow!(e))?;
-    let kernel = btfscan::Kernel::read().map_err(|e| anyhow!(e))?;
+    precheck::check(precheck::Needs { btf: true, tracefs: false })?;
+    let kernel = btfscan::Kernel::read().map_err(anyhow::Error::msg)?;
     let ops = &kernel.ops;
-    let op = match &cli.op {
-        Some(o) => Some(filters::parse_op(o, ops).map_err(|e| anyhow!(e))?),
-        None => None,
-    };
-    let resolved =
-        targets::resolve(&kernel.sites, &cli.include, &cli.exclude, Some(ksyms::get()).filter(|k| k.error().is_none()))
-            .map_err(|e| anyhow!(e))?;
-    let plan = attach::plan(forced).map_err(|e| anyhow!(e))?;
+    let op = cli.op.as_deref().map(|o| filters::parse_op(o, ops)).transpose().map_err(anyhow::Error::msg)?;
+    let known = Some(ksyms::get()).filter(|k| k.error().is_none());
+    let resolved = targets::resolve(&kernel.sites, &cli.include, &cli.exclude, known).map_err(anyhow::Error::msg)?;
+    s.checkpoint()?;
+    let plan = attach::plan(forced).map_err(anyhow::Error::msg)?;
+    s.checkpoint()?;
 
     if cli.list {
-        print!("{}", list(&resolved, &plan));
-        return Ok(());
+        return Ok(kdiag_shared::output::stdout_text(&list(&resolved, &plan))?);
     }
 
     let transport = Transport::detect();
@@ -87,33 +75,21 @@ fn run(cli: cli::Cli) -> Result<()> {
         transport,
         bio_births: !resolved.tps.iter().any(|t| t.site.name == "block_io_start") && kernel.getrq_passes_only_a_bio,
     };
-    let attached = attach::load_and_attach(&plan, &cfg, &resolved)?;
+    let storage = Storage::new();
+    let attached = attach::load_and_attach(&storage, &plan, &cfg, &resolved)?;
+    let maps = &attached.core.maps;
+    let inbox: Inbox<brq_event> = Inbox::open(transport, &[(&maps.events_ring, &maps.events_perf)], transport::record)?;
+    s.checkpoint()?;
 
-    let pending: Rc<RefCell<Vec<brq_event>>> = Rc::default();
-    let sink_pending = pending.clone();
-    let stream = EventStream::open(
-        transport,
-        &[(&attached.core.maps.events_ring, &attached.core.maps.events_perf)],
-        move |data: &[u8]| {
-            if data.len() >= std::mem::size_of::<brq_event>() {
-                // SAFETY: brq_event is plain data and the length was checked.
-                let ev = unsafe { std::ptr::read_unaligned(data.as_ptr() as *const brq_event) };
-                sink_pending.borrow_mut().push(ev);
-            }
-        },
-    )
-    .map_err(|e| anyhow!(e))?;
-
-    // Signals are ours before the banner says the run has started.
-    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
+    s.start(cli.duration);
     let on = match (&cli.dev, dev) {
         (Some(_), Some((ma, mi))) => format!("{} ({ma}:{mi})", filters::dev_name(ma, mi)),
         _ => "any device".to_string(),
     };
-    eprintln!("blkreq: {}", plan.explain());
-    eprintln!(
-        "blkreq: following {} requests on {on} through {} functions and {} tracepoints ({} refused), \
-         events via {}, attached in {} ms. Ctrl-C to end.",
+    say!("{}", plan.explain());
+    say!(
+        "following {} requests on {on} through {} functions and {} tracepoints ({} refused), events via {}, \
+         attached in {} ms. Ctrl-C to end.",
         cli.count,
         attached.funcs_attached,
         attached.tps_attached,
@@ -124,35 +100,30 @@ fn run(cli: cli::Cli) -> Result<()> {
 
     let mut raw: Vec<brq_event> = Vec::new();
     let mut all_done_at: Option<Instant> = None;
-    let reason = loop {
-        if let Some(r) = rc.stop_reason() {
-            break r;
-        }
-        stream.poll(rc.poll_timeout(Duration::from_millis(100))).map_err(|e| anyhow!(e))?;
-        raw.append(&mut pending.borrow_mut());
+    let reason = s.event_loop(Duration::from_millis(100), |wait| {
+        raw.extend(inbox.poll(wait)?);
         if all_done_at.is_none() && finished(&attached) >= cli.count as u64 {
             all_done_at = Some(Instant::now());
         }
-        if all_done_at.is_some_and(|t| t.elapsed() > POST_END * 5) {
-            break StopReason::Other(format!("tracked {} requests", cli.count));
-        }
-    };
-    stream.poll(Duration::ZERO).map_err(|e| anyhow!(e))?;
-    raw.append(&mut pending.borrow_mut());
-    let lost_in_transport = stream.lost();
-    let stats = read_stats(&attached.core.maps.stats)?;
+        Ok(all_done_at
+            .is_some_and(|t| t.elapsed() > POST_END * 5)
+            .then(|| StopReason::Other(format!("tracked {} requests", cli.count))))
+    })?;
+    raw.extend(inbox.poll(Duration::ZERO)?);
+    let lost_in_transport = inbox.lost();
+    let stats: brq_stats = kdiag_shared::maps::sum_counters(&attached.core.maps.stats).context("reading statistics")?;
     let done = finished(&attached);
     let (funcs_attached, tps_attached, attach_ms) =
         (attached.funcs_attached, attached.tps_attached, attached.attach_time.as_millis() as u64);
     let refused = attached.refused.clone();
     // Detach before the (slow) symbolization and printing.
-    drop(stream);
+    drop(inbox);
     drop(attached);
 
     let steps = decode(&raw, &resolved, ops);
     let summary = report::Summary {
         kind: "summary",
-        duration_s: rc.elapsed().as_secs_f64(),
+        duration_s: s.run().elapsed().as_secs_f64(),
         stop_reason: reason.to_string(),
         requests: stats.admitted,
         completed: done,
@@ -189,7 +160,7 @@ fn output(format: Format, steps: &[Step], summary: &report::Summary) -> Result<(
         }
         Format::Folded => {
             sink.text(&tree.folded())?;
-            eprint!("{}", summary.text());
+            lifecycle::say_text(&summary.text());
         }
         Format::Timeline => {
             sink.text(&timeline::render(&timeline::requests(steps)))?;
@@ -206,7 +177,7 @@ fn output(format: Format, steps: &[Step], summary: &report::Summary) -> Result<(
     Ok(())
 }
 
-fn finished(a: &attach::Attached) -> u64 {
+fn finished(a: &attach::Attached<'_>) -> u64 {
     a.core
         .maps
         .bss_data
@@ -215,11 +186,6 @@ fn finished(a: &attach::Attached) -> u64 {
         // a volatile read of an aligned u64 is what we need.
         .map(|b| unsafe { std::ptr::read_volatile(&b.finished) })
         .unwrap_or(0)
-}
-
-/// The per-CPU counters, summed.
-fn read_stats(map: &libbpf_rs::MapMut) -> Result<brq_stats> {
-    kdiag_shared::maps::sum_counters(map).context("reading statistics")
 }
 
 fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step> {
@@ -234,7 +200,6 @@ fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step>
                     .map(|f| f.sym.unwrap_or_else(|| format!("{:#x}", f.addr)))
                     .collect::<Vec<_>>()
             });
-            let comm: Vec<u8> = e.comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
             let (ma, mi) = filters::split_kernel_dev(e.dev);
             let dev = names.entry(e.dev).or_insert_with(|| filters::dev_name(ma, mi)).clone();
             Step {
@@ -245,7 +210,7 @@ fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step>
                 cpu: e.cpu,
                 pid: e.pid,
                 tid: e.tid,
-                comm: String::from_utf8_lossy(&comm).into_owned(),
+                comm: c_string(&e.comm),
                 flags: e.flags,
                 dev,
                 op: filters::op_name(e.cmd_flags, ops),

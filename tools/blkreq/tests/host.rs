@@ -392,7 +392,7 @@ fn bad_input_is_one_line_and_attaches_nothing() {
     for (args, want) in cases {
         let (out, progs) = run_watching_programs(BIN, args);
         assert!(!progs.iter().any(|n| n.starts_with("brq_")), "{args:?} loaded {progs:?}");
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: refused, exit 2");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("blkreq: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);

@@ -105,9 +105,23 @@ pub struct Cli {
     #[arg(long = "max-rate", value_name = "N", default_value = "10", value_parser = parse_rate, allow_negative_numbers = true)]
     pub max_rate: u32,
 
+    /// tracepoint (classic tracepoints, the one mechanism whose records
+    /// of these events are stable across kernel versions).
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
+
     /// How long to run (60, 90s, 5m); default until Ctrl-C.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub common: kdiag_shared::lifecycle::CommonArgs,
+}
+
+impl kdiag_shared::lifecycle::ToolArgs for Cli {
+    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
+        &self.common
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,43 +6,10 @@
 
 use crate::decode::Decoders;
 use crate::gfp::{compaction_forbidden, KernelVersion};
+use crate::record::{Ev, What, ZoneNote};
 use crate::zoneinfo::Zone;
 use serde::Serialize;
 use std::collections::HashMap;
-
-/// The event, decoded from the BPF layout (see bpf/compactwatch.h).
-#[derive(Clone, Debug, Default)]
-pub struct Ev {
-    pub ts_ns: u64,
-    pub kind: u32,
-    pub pid: u32,
-    pub tid: u32,
-    pub order: i32,
-    pub gfp: u64,
-    pub a: i64,
-    pub b: i64,
-    pub d: i64,
-    pub e: i64,
-    pub f: i64,
-    pub g: i64,
-    pub h: i64,
-    pub stack_id: i32,
-    pub cpu_node: u32,
-    pub comm: String,
-}
-
-pub const ALLOC_FAIL: u32 = 1;
-pub const ALLOC_DONE: u32 = 2;
-pub const RECLAIM_BEGIN: u32 = 3;
-pub const RECLAIM_END: u32 = 4;
-pub const TRY_COMPACT: u32 = 5;
-pub const COMPACT_BEGIN: u32 = 6;
-pub const COMPACT_END: u32 = 7;
-pub const SUITABLE: u32 = 8;
-pub const FINISHED: u32 = 9;
-pub const DEFERRED: u32 = 10;
-pub const DEFER_COMPACTION: u32 = 11;
-pub const DEFER_RESET: u32 = 12;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Reclaim {
@@ -123,8 +90,8 @@ fn zone_of(zones: &[Zone], pfn: i64) -> String {
         .unwrap_or_else(|| format!("zone at pfn {pfn:#x}"))
 }
 
-fn mode(sync: i64) -> &'static str {
-    if sync != 0 {
+fn mode(sync: bool) -> &'static str {
+    if sync {
         "sync"
     } else {
         "async"
@@ -152,49 +119,47 @@ impl Tracker {
     }
 
     pub fn feed(&mut self, ev: &Ev, dec: &Decoders, zones: &[Zone]) -> Option<Finding> {
-        match ev.kind {
-            RECLAIM_BEGIN => {
+        match &ev.what {
+            What::ReclaimBegin => {
                 self.stall(ev, dec).pending_reclaim = Some(ev.ts_ns);
                 None
             }
-            RECLAIM_END => {
+            What::ReclaimEnd { nr_reclaimed } => {
                 if let Some(s) = self.open.get_mut(&ev.tid) {
                     let began = s.pending_reclaim.take();
                     s.reclaim.push(Reclaim {
                         duration_us: began.map(|b| ev.ts_ns.saturating_sub(b) / 1000),
-                        nr_reclaimed: Some(ev.a as u64),
+                        nr_reclaimed: Some(*nr_reclaimed),
                     });
                 }
                 None
             }
-            TRY_COMPACT => {
+            What::TryCompact { priority } => {
                 let s = self.stall(ev, dec);
                 s.compaction_attempted = true;
-                s.priority = (ev.b >= 0).then_some(ev.b);
+                s.priority = (*priority >= 0).then_some(*priority);
                 None
             }
-            SUITABLE | FINISHED | DEFERRED | DEFER_COMPACTION | DEFER_RESET => {
+            What::Zone { nid, zone, note } => {
                 let s = self.open.get_mut(&ev.tid)?;
-                let z = format!("Node {} {}", ev.a, dec.zone(ev.b as u32));
-                let note = match ev.kind {
-                    SUITABLE => format!("{z}: suitable={}", dec.status(ev.d as i32)),
-                    FINISHED => format!("{z}: finished={}", dec.status(ev.d as i32)),
-                    DEFERRED => format!(
-                        "{z}: deferred (tried {} of the next {} attempts after an order-{} failure)",
-                        ev.d,
-                        1u64 << ev.e.clamp(0, 63),
-                        ev.f
+                let z = format!("Node {nid} {}", dec.zone(*zone));
+                let note = match note {
+                    ZoneNote::Suitable { result } => format!("{z}: suitable={}", dec.status(*result)),
+                    ZoneNote::Finished { result } => format!("{z}: finished={}", dec.status(*result)),
+                    ZoneNote::Deferred { considered, defer_shift, order_failed } => format!(
+                        "{z}: deferred (tried {considered} of the next {} attempts after an order-{order_failed} failure)",
+                        1u64 << (*defer_shift).clamp(0, 63)
                     ),
-                    DEFER_COMPACTION => {
-                        format!("{z}: compaction failed, deferring the next {} attempts", 1u64 << ev.e.clamp(0, 63))
+                    ZoneNote::DeferCompaction { defer_shift } => {
+                        format!("{z}: compaction failed, deferring the next {} attempts", 1u64 << (*defer_shift).clamp(0, 63))
                     }
-                    _ => format!("{z}: deferral reset after success"),
+                    ZoneNote::DeferReset => format!("{z}: deferral reset after success"),
                 };
                 s.zone_notes.push(note);
                 None
             }
-            COMPACT_BEGIN => {
-                let run = (ev.ts_ns, zone_of(zones, ev.a), mode(ev.e));
+            What::CompactBegin { zone_start_pfn, sync } => {
+                let run = (ev.ts_ns, zone_of(zones, *zone_start_pfn), mode(*sync));
                 match self.open.get_mut(&ev.tid) {
                     Some(s) => s.pending_run = Some(run),
                     None => {
@@ -203,16 +168,16 @@ impl Tracker {
                 }
                 None
             }
-            COMPACT_END => {
+            What::CompactEnd { zone_start_pfn, sync, status, migrated, failed } => {
                 let mk = |began: Option<(u64, String, &'static str)>| {
-                    let (b, zone, m) = began.unwrap_or((ev.ts_ns, zone_of(zones, ev.a), mode(ev.e)));
+                    let (b, zone, m) = began.unwrap_or((ev.ts_ns, zone_of(zones, *zone_start_pfn), mode(*sync)));
                     Run {
                         zone,
                         mode: m,
-                        status: dec.status(ev.f as i32),
+                        status: dec.status(*status),
                         duration_us: ev.ts_ns.saturating_sub(b) / 1000,
-                        migrated: ev.g as u64,
-                        failed: ev.h as u64,
+                        migrated: *migrated,
+                        failed: *failed,
                     }
                 };
                 if let Some(s) = self.open.get_mut(&ev.tid) {
@@ -235,27 +200,27 @@ impl Tracker {
                     end_ns: ev.ts_ns,
                 }))
             }
-            ALLOC_DONE | ALLOC_FAIL => {
+            What::AllocDone | What::AllocFail { .. } => {
+                let failed = matches!(ev.what, What::AllocFail { .. });
                 let stall = self.open.remove(&ev.tid).map(|mut s| {
                     s.end_ns = ev.ts_ns;
                     s.duration_us = ev.ts_ns.saturating_sub(s.start_ns) / 1000;
-                    s.outcome = if ev.kind == ALLOC_FAIL { "failed" } else { "allocated" };
+                    s.outcome = if failed { "failed" } else { "allocated" };
                     s.not_attempted = self.why_not(&s, dec);
                     s
                 });
-                match (ev.kind, stall) {
-                    (ALLOC_FAIL, s) => {
+                match (failed, stall) {
+                    (true, s) => {
                         // The failure is the headline; its stall goes first.
                         if let Some(s) = s {
                             self.open.insert(u32::MAX - ev.tid, s);
                         }
                         Some(Finding::Fail(ev.clone()))
                     }
-                    (_, Some(s)) => Some(Finding::Stall(s)),
+                    (false, Some(s)) => Some(Finding::Stall(s)),
                     _ => None,
                 }
             }
-            _ => None,
         }
     }
 
@@ -302,8 +267,12 @@ mod tests {
         Decoders::load(&kdiag_shared::precheck::tracefs().unwrap())
     }
 
-    fn ev(kind: u32, ts_ms: u64) -> Ev {
-        Ev { kind, ts_ns: ts_ms * 1_000_000, pid: 7, tid: 8, order: 5, comm: "t".into(), stack_id: -1, ..Ev::default() }
+    fn ev(what: What, ts_ms: u64) -> Ev {
+        Ev::new(what, ts_ms * 1_000_000)
+    }
+
+    fn zone(note: ZoneNote) -> What {
+        What::Zone { nid: 0, zone: 2, note }
     }
 
     fn zones() -> Vec<Zone> {
@@ -316,22 +285,16 @@ mod tests {
         let gfp_kernel = d.gfp.mask("GFP_KERNEL").unwrap();
         let mut t = Tracker::new(KernelVersion(6, 18));
         let z = zones();
-        let mut e = ev(TRY_COMPACT, 1);
+        let mut e = ev(What::TryCompact { priority: 1 }, 1);
         e.gfp = gfp_kernel;
-        e.b = 1;
         assert!(t.feed(&e, &d, &z).is_none());
-        let mut s = ev(SUITABLE, 1);
-        s.b = 2;
-        s.d = 4; // continue
-        t.feed(&s, &d, &z);
-        let mut b = ev(COMPACT_BEGIN, 2);
-        b.a = 0x100000;
-        t.feed(&b, &d, &z);
-        let mut en = ev(COMPACT_END, 5);
-        en.f = 8; // success
-        en.g = 512;
-        t.feed(&en, &d, &z);
-        let Some(Finding::Stall(st)) = t.feed(&ev(ALLOC_DONE, 6), &d, &z) else { panic!() };
+        // 4: continue.
+        t.feed(&ev(zone(ZoneNote::Suitable { result: 4 }), 1), &d, &z);
+        t.feed(&ev(What::CompactBegin { zone_start_pfn: 0x100000, sync: false }, 2), &d, &z);
+        // 8: success.
+        let end = What::CompactEnd { zone_start_pfn: 0x100000, sync: false, status: 8, migrated: 512, failed: 0 };
+        t.feed(&ev(end, 5), &d, &z);
+        let Some(Finding::Stall(st)) = t.feed(&ev(What::AllocDone, 6), &d, &z) else { panic!() };
         assert_eq!(st.duration_us, 5000);
         assert!(st.compaction_attempted && st.not_attempted.is_none());
         assert_eq!(st.priority, Some(1));
@@ -355,13 +318,11 @@ mod tests {
         let noio = d.gfp.mask("GFP_NOIO").unwrap();
         let mut t = Tracker::new(KernelVersion(6, 18));
         let z = zones();
-        let mut r = ev(RECLAIM_BEGIN, 1);
+        let mut r = ev(What::ReclaimBegin, 1);
         r.gfp = noio;
         t.feed(&r, &d, &z);
-        let mut re = ev(RECLAIM_END, 3);
-        re.a = 40;
-        t.feed(&re, &d, &z);
-        let mut f = ev(ALLOC_FAIL, 4);
+        t.feed(&ev(What::ReclaimEnd { nr_reclaimed: 40 }, 3), &d, &z);
+        let mut f = ev(What::AllocFail { migratetype: 0 }, 4);
         f.gfp = noio;
         assert!(matches!(t.feed(&f, &d, &z), Some(Finding::Fail(_))));
         let st = t.take_failed_stall(8).unwrap();
@@ -375,13 +336,9 @@ mod tests {
         let d = dec();
         let mut t = Tracker::new(KernelVersion(6, 18));
         let z = zones();
-        let mut b = ev(COMPACT_BEGIN, 1);
-        b.a = 0x100000;
-        b.e = 1;
-        t.feed(&b, &d, &z);
-        let mut en = ev(COMPACT_END, 3);
-        en.f = 5;
-        let Some(Finding::Compact(bg)) = t.feed(&en, &d, &z) else { panic!() };
+        t.feed(&ev(What::CompactBegin { zone_start_pfn: 0x100000, sync: true }, 1), &d, &z);
+        let end = What::CompactEnd { zone_start_pfn: 0, sync: false, status: 5, migrated: 0, failed: 0 };
+        let Some(Finding::Compact(bg)) = t.feed(&ev(end, 3), &d, &z) else { panic!() };
         assert_eq!((bg.run.zone.as_str(), bg.run.mode, bg.run.status.as_str()), ("Node 0 Normal", "sync", "complete"));
         assert_eq!(bg.run.duration_us, 2000);
         assert!(bg.context.contains("compact_memory"));

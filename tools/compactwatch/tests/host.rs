@@ -122,7 +122,7 @@ fn bad_input_is_one_line_and_attaches_nothing() {
     for (args, want) in &cases {
         let (out, progs) = run_watching_programs(BIN, args);
         assert!(!progs.iter().any(|n| n.starts_with("cw_")), "{args:?} loaded {progs:?}");
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: refused, exit 2");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(
             out.stderr.starts_with("compactwatch: ") && out.stderr.contains(want.as_str()),
@@ -136,13 +136,7 @@ fn bad_input_is_one_line_and_attaches_nothing() {
 
 #[test]
 fn missing_privileges_is_one_clear_line() {
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", BIN, "1"])
-        .output()
-        .expect("setpriv (util-linux)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim(), "compactwatch: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)");
+    kdiag_testkit::assert_refused_without_privileges(BIN, &["1"]);
 }
 
 /// Order-9 allocations this process makes are counted, attributed to the

@@ -99,6 +99,15 @@ pub struct Cli {
     /// How long to run (60, 90s, 5m); default until Ctrl-C or the process exits.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub common: kdiag_shared::lifecycle::CommonArgs,
+}
+
+impl kdiag_shared::lifecycle::ToolArgs for Cli {
+    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
+        &self.common
+    }
 }
 
 #[cfg(test)]

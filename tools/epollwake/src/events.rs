@@ -3,6 +3,7 @@
 
 use crate::bpf::types::{ew_fd_event, ew_return, ew_sock, ew_uprobe, ew_wake};
 use crate::socket::RawSock;
+use kdiag_shared::maps::decode as read;
 
 pub const EW_WAKE: u32 = 1;
 pub const EW_RETURN: u32 = 2;
@@ -24,10 +25,7 @@ pub enum Event {
     Uprobe(ew_uprobe),
 }
 
-fn read<T: Copy>(data: &[u8]) -> Option<T> {
-    // SAFETY: T is a plain-data skeleton type and the length is checked.
-    (data.len() >= std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(data.as_ptr() as *const T) })
-}
+kdiag_shared::plain_data!(ew_wake, ew_return, ew_fd_event, ew_uprobe);
 
 impl Event {
     pub fn decode(data: &[u8]) -> Option<Event> {

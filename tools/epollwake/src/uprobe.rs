@@ -177,3 +177,12 @@ mod tests {
         assert!(find_functions(&exe, "no_such_function_anywhere_*").unwrap_err().contains("no function matching"));
     }
 }
+
+/// `--uprobe BINARY:GLOB` of process `pid`: the binary's path and the
+/// functions the glob matches in it.
+pub fn resolve(pid: u32, arg: &str) -> Result<(PathBuf, Vec<Target>), String> {
+    let spec = parse_spec(arg)?;
+    let path = resolve_binary(pid, &spec.binary)?;
+    let found = find_functions(&path, &spec.glob)?;
+    Ok((path, found))
+}

@@ -4,9 +4,12 @@
 //! private tracefs instance (never the global tracer), read from its
 //! trace_pipe and parsed here.
 
+use crate::report::{self, Entry, Summary};
 use crate::target::Resolved;
 use kdiag_shared::ftrace::Instance;
-use std::collections::HashMap;
+use kdiag_shared::stacks::Stack;
+use kdiag_shared::symbolize::Frame;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -347,6 +350,62 @@ impl Session {
         drop(inst);
         drained?;
         Ok((samples, parser.lost, scope))
+    }
+
+    /// Stop, and turn the samples into report entries: what the kernel
+    /// filtered on (-p, -c) is known even for a task that has exited
+    /// since; what it could not filter is filtered here and counted.
+    pub fn collect(self, label: &str, want: &Scope) -> Result<(Vec<Entry>, Summary), String> {
+        let (samples, lost, scope) = self.stop()?;
+        let hits = samples.len() as u64;
+        let mut tgids = HashMap::new();
+        let mut filtered = 0;
+        let mut entries = Vec::new();
+        for mut smp in samples {
+            let tgid = scope
+                .pid
+                .or(smp.tgid)
+                .or_else(|| *tgids.entry(smp.tid).or_insert_with(|| tgid_of(smp.tid)))
+                .unwrap_or(0);
+            if let Some(c) = &scope.comm {
+                smp.comm = c.clone();
+            }
+            if want.pid.is_some_and(|p| p != tgid) || want.comm.as_ref().is_some_and(|c| *c != smp.comm) {
+                filtered += 1;
+                continue;
+            }
+            entries.push(entry(&smp, tgid, label));
+        }
+        Ok((entries, Summary { hits, filtered, lost_records: lost, ..Default::default() }))
+    }
+}
+
+fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+fn entry(s: &Sample, tgid: u32, label: &str) -> Entry {
+    let target = s.function.clone().unwrap_or_else(|| label.to_string());
+    let frames: Vec<Frame> = s
+        .frames
+        .iter()
+        .map(|(name, module)| match name.strip_prefix('<').and_then(|n| n.strip_suffix('>')) {
+            // An address ftrace could not name.
+            Some(hex) => Frame { addr: u64::from_str_radix(hex, 16).unwrap_or(0), sym: None, off: 0, module: None },
+            None => Frame { addr: 0, sym: Some(name.clone()), off: 0, module: module.clone() },
+        })
+        .collect();
+    Entry {
+        kind: "stack",
+        kernel_stack: Stack::Frames(report::trim(frames, &target)),
+        target,
+        comm: s.comm.clone(),
+        pid: tgid,
+        tid: s.tid,
+        cpus: BTreeSet::from([s.cpu]),
+        count: 1,
+        user_stack: Stack::NotTaken,
     }
 }
 

@@ -5,9 +5,9 @@
 use kdiag_shared::flame::folded_frame;
 use kdiag_shared::symbolize::Frame;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-pub use kdiag_shared::symbolize::Stack;
+pub use kdiag_shared::stacks::{Stack, StackFailures};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Entry {
@@ -75,20 +75,10 @@ impl Entry {
 /// stacks by id, and two call sites in one function differ only in offsets
 /// that the report does not show. Sorted most frequent first.
 pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut out: Vec<Entry> = Vec::new();
-    for e in entries {
-        match index.get(&e.merge_key()) {
-            Some(&i) => {
-                out[i].count += e.count;
-                out[i].cpus.extend(e.cpus);
-            }
-            None => {
-                index.insert(e.merge_key(), out.len());
-                out.push(e);
-            }
-        }
-    }
+    let mut out = kdiag_shared::stacks::merge(entries, Entry::merge_key, |into, e| {
+        into.count += e.count;
+        into.cpus.extend(e.cpus);
+    });
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.target.cmp(&b.target)).then(a.tid.cmp(&b.tid)));
     out
 }
@@ -99,9 +89,7 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
 /// puts its trampoline above the target, unnamed: `[FTRACE TRAMPOLINE]`
 /// (6.12) or a bare address (6.1).
 pub fn trim(frames: Vec<Frame>, target: &str) -> Vec<Frame> {
-    let skip =
-        frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
-    let mut rest: Vec<Frame> = frames.into_iter().skip(skip).collect();
+    let mut rest = kdiag_shared::stacks::strip_tracer_frames(frames);
     let unnamed = |f: &Frame| f.sym.as_deref().is_none_or(|s| s.starts_with('[') || s.starts_with("0x"));
     let trampolines = rest.iter().take_while(|f| unnamed(f)).count();
     if rest.get(trampolines).and_then(|f| f.sym.as_deref()) == Some(target) {
@@ -177,8 +165,6 @@ pub fn rets_text(rets: &[RetEntry]) -> String {
     }
     out
 }
-
-pub use kdiag_shared::maps::StackFailures;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {

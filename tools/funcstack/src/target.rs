@@ -144,6 +144,11 @@ impl<'k> Kernel<'k> {
         None
     }
 
+    /// Resolve a function or glob.
+    pub fn resolve(&self, spec: &Spec) -> anyhow::Result<Resolved> {
+        resolve_functions(spec, self).map_err(anyhow::Error::msg)
+    }
+
     /// The function at or before `addr`, for naming what a glob hit.
     pub fn function_at(&self, addr: u64) -> Option<&str> {
         match self.syms.place(addr) {
@@ -240,6 +245,25 @@ pub fn resolve_functions(spec: &Spec, k: &Kernel) -> Result<Resolved, String> {
         }
         Spec::Tracepoint { .. } => unreachable!("tracepoints are resolved through tracefs"),
     }
+}
+
+/// The number of arguments of the function traced, from BTF (fentry needs
+/// it); None when BTF does not describe it. --ret on a function that
+/// returns void is an error.
+pub fn nr_args(spec: &Spec, ret: bool) -> anyhow::Result<Option<u32>> {
+    use libbpf_rs::btf::{types, BtfType, ReferencesType, TypeId};
+    let (Spec::Function(name), Ok(btf)) = (spec, libbpf_rs::btf::Btf::from_vmlinux()) else { return Ok(None) };
+    let Some(f) = btf.type_by_name::<types::Func>(name) else { return Ok(None) };
+    let Some(proto) =
+        btf.type_by_id::<BtfType>(f.referenced_type_id()).and_then(|t| types::FuncProto::try_from(t).ok())
+    else {
+        return Ok(None);
+    };
+    // A prototype references its return type; id 0 is void.
+    if ret && proto.referenced_type_id() == TypeId::from(0) {
+        anyhow::bail!("{name} returns void: --ret has nothing to count");
+    }
+    Ok(Some(proto.len() as u32))
 }
 
 /// Check that `events/GROUP/NAME` exists under tracefs.

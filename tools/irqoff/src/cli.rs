@@ -66,6 +66,15 @@ pub struct Cli {
     /// How long to run (60, 90s, 5m); default until Ctrl-C.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub common: kdiag_shared::lifecycle::CommonArgs,
+}
+
+impl kdiag_shared::lifecycle::ToolArgs for Cli {
+    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
+        &self.common
+    }
 }
 
 fn parse_threshold(s: &str) -> Result<u64, String> {

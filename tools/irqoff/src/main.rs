@@ -9,34 +9,30 @@ mod bpf {
     include!(concat!(env!("OUT_DIR"), "/irqoff.skel.rs"));
 }
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use bpf::types::{irqoff_event, irqoff_stats};
 use bpf::IrqoffSkelBuilder;
-use kdiag_shared::backend::{self, Mechanism};
+use kdiag_shared::backend::Mechanism;
 use kdiag_shared::histogram::Log2Hist;
+use kdiag_shared::lifecycle::Session;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::perf::{self, EventSpec, PerfEvent};
 use kdiag_shared::runctl::RunControl;
 use kdiag_shared::symbolize::Symbolizer;
-use kdiag_shared::transport::{EventStream, Kind as Transport};
-use kdiag_shared::{cpus, precheck, Errno};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags};
+use kdiag_shared::transport::{self, Inbox, Kind as Transport};
+use kdiag_shared::{cpus, maps, precheck, say, stacks, warning, Errno};
+use libbpf_rs::skel::SkelBuilder;
 use report::{CpuSummary, Kind, Record, StackOf, Summary};
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
-use std::rc::Rc;
 use std::time::Duration;
 
 const LADDER: [Mechanism; 2] = [Mechanism::PerfHw, Mechanism::PerfSw];
 
+kdiag_shared::plain_data!(irqoff_event, irqoff_stats);
+
 fn main() {
-    let cli: cli::Cli = kdiag_shared::args::parse("irqoff");
-    if let Err(e) = run(cli) {
-        eprintln!("irqoff: {e:#}");
-        std::process::exit(1);
-    }
+    kdiag_shared::lifecycle::main("irqoff", run)
 }
 
 /// Perf events opened while choosing the backend; the hardware ones are the
@@ -47,23 +43,18 @@ struct Events {
     nmi: Vec<PerfEvent>,
 }
 
-fn run(cli: cli::Cli) -> Result<()> {
+fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     // Everything the user can get wrong is checked before anything is
     // opened or loaded, so a bad command line leaves no trace.
     let threshold = Duration::from_millis(cli.threshold_ms);
     let period = params::sampling_period(threshold);
-    let online = cpus::online().map_err(|e| anyhow!(e))?;
-    let cpus = cpus::select(cli.cpus.as_deref(), &online).map_err(|e| anyhow!(e))?;
-    let forced = match &cli.backend {
-        Some(b) => Some(backend::parse_backend(b, &LADDER).map_err(|e| anyhow!(e))?),
-        None => None,
-    };
-    let mut sink = Sink::from_option(cli.log.as_deref()).map_err(|e| anyhow!(e))?;
-    precheck::check(precheck::Needs::default()).map_err(|e| anyhow!(e))?;
+    let cpus = cpus::select(cli.cpus.as_deref(), &cpus::online()?)?;
+    let mut sink = Sink::from_option(cli.log.as_deref())?;
+    precheck::check(precheck::Needs::default())?;
 
     let clock_spec = EventSpec::SwCpuClock { period_ns: period.as_nanos() as u64 };
     let mut events = Events::default();
-    let choice = backend::choose(&LADDER, forced, |m| {
+    let choice = s.choose(&LADDER, cli.backend.as_deref(), |m| {
         // Whatever a failed rung opened is closed before the next one tries.
         events = Events::default();
         if m == Mechanism::PerfHw {
@@ -73,8 +64,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         }
         events.clock = perf::open_on_cpus(&cpus, |c| PerfEvent::open(clock_spec, c))?;
         Ok(())
-    })
-    .map_err(|e| anyhow!(e))?;
+    })?;
     let hw = choice.mechanism == Mechanism::PerfHw;
 
     let transport = Transport::detect();
@@ -87,17 +77,15 @@ fn run(cli: cli::Cli) -> Result<()> {
     ro.ongoing_ns = params::ongoing_after(threshold).as_nanos() as u64;
     ro.max_per_sec = cli.max_rate;
     ro.hw_mode = hw;
-    transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).map_err(|e| anyhow!(e))?;
-    transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf).map_err(|e| anyhow!(e))?;
-    if !hw {
-        open.progs.irqoff_nmi.set_autoload(false);
-    }
-    let skel = open.load().context("loading the BPF programs")?;
+    transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
+    transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf)?;
+    open.progs.irqoff_nmi.set_autoload(hw);
+    let skel = s.load(open)?;
 
     let attach = |evs: &[PerfEvent], prog: &libbpf_rs::ProgramMut| -> Result<()> {
         for ev in evs {
             ev.attach_bpf(prog.as_fd().as_raw_fd())
-                .map_err(|e| anyhow!("attaching to perf event on CPU {}: {e}", ev.cpu))?;
+                .map_err(|e| anyhow::anyhow!("attaching to perf event on CPU {}: {e}", ev.cpu))?;
         }
         Ok(())
     };
@@ -106,41 +94,30 @@ fn run(cli: cli::Cli) -> Result<()> {
     let idle_link = skel.progs.irqoff_idle.attach();
     attach(&events.clock, &skel.progs.irqoff_tick)?;
     attach(&events.nmi, &skel.progs.irqoff_nmi)?;
+    let inbox: Inbox<irqoff_event> = Inbox::open(
+        transport,
+        &[(&skel.maps.events_ring, &skel.maps.events_perf), (&skel.maps.nmi_events_ring, &skel.maps.nmi_events_perf)],
+        transport::record,
+    )?;
+    s.checkpoint()?;
 
-    // Signals are ours from here on, before the banner tells anyone (or any
-    // test) that the run has started.
-    let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
+    s.start(cli.duration);
     let mode = if hw { "hardware NMI" } else { "software cpu-clock" };
-    eprintln!("irqoff: {mode} mode, resolution {} us: {}", period.as_micros(), choice.explain());
+    say!("{mode} mode, resolution {} us: {}", period.as_micros(), choice.explain());
     if let Err(e) = &idle_link {
-        eprintln!(
-            "irqoff: warning: cannot follow idle time (power:cpu_idle: {}); late timers on idle \
-             CPUs, common in VMs, may be reported as windows",
+        warning!(
+            "cannot follow idle time (power:cpu_idle: {}); late timers on idle CPUs, common in VMs, may be \
+             reported as windows",
             Errno::of_libbpf(e).map(|e| e.to_string()).unwrap_or_else(|| e.to_string())
         );
     }
-    eprintln!(
-        "irqoff: watching CPUs {} for interrupts off >= {} ms, events via {}{}. Ctrl-C to end.",
+    say!(
+        "watching CPUs {} for interrupts off >= {} ms, events via {}{}. Ctrl-C to end.",
         cpus::format_list(&cpus),
         cli.threshold_ms,
         transport.name(),
         cli.log.as_ref().map(|p| format!(", appending to {}", p.display())).unwrap_or_default()
     );
-
-    let pending: Rc<RefCell<Vec<irqoff_event>>> = Rc::default();
-    let sink_pending = pending.clone();
-    let stream = EventStream::open(
-        transport,
-        &[(&skel.maps.events_ring, &skel.maps.events_perf), (&skel.maps.nmi_events_ring, &skel.maps.nmi_events_perf)],
-        move |data: &[u8]| {
-            if data.len() >= std::mem::size_of::<irqoff_event>() {
-                // SAFETY: irqoff_event is plain data and the length was checked.
-                let ev = unsafe { std::ptr::read_unaligned(data.as_ptr() as *const irqoff_event) };
-                sink_pending.borrow_mut().push(ev);
-            }
-        },
-    )
-    .map_err(|e| anyhow!(e))?;
 
     let wall = WallClock::new();
     let mut symbolizer = Symbolizer::new();
@@ -148,43 +125,40 @@ fn run(cli: cli::Cli) -> Result<()> {
         sink.text(report::HEADER)?;
     }
     let mut reported = 0u64;
-    let reason = loop {
-        if let Some(r) = rc.stop_reason() {
-            break r;
-        }
-        stream.poll(rc.poll_timeout(Duration::from_millis(200))).map_err(|e| anyhow!(e))?;
-        reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json)?;
-    };
+    let reason = s.event_loop(Duration::from_millis(200), |wait| {
+        reported += flush(inbox.poll(wait)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
+        Ok(None)
+    })?;
     // Events already in the buffer when the run ended still belong to it.
-    stream.poll(Duration::ZERO).map_err(|e| anyhow!(e))?;
-    reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json)?;
+    reported += flush(inbox.poll(Duration::ZERO)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
 
-    let stats = read_stats(&skel.maps.stats, &cpus)?;
-    let summary = summarize(&stats, &cpus, mode, &rc, reason.to_string(), threshold, period, reported, stream.lost());
+    let per_cpu = maps::percpu_values::<irqoff_stats>(&skel.maps.stats).context("reading statistics")?;
+    let stats: Vec<irqoff_stats> = cpus.iter().map(|&c| per_cpu.get(c as usize).copied().unwrap_or_default()).collect();
+    let summary =
+        summarize(&stats, &cpus, mode, s.run(), reason.to_string(), threshold, period, reported, inbox.lost());
     if cli.json {
         sink.json(&summary)?;
     } else {
         sink.text(&summary.text())?;
     }
     if sink.is_file() {
-        print!("{}", summary.text());
+        kdiag_shared::output::stdout_text(&summary.text())?;
     }
     // Dropping the perf events detaches the programs; dropping the
     // skeleton unloads them and frees the maps.
-    drop(stream);
+    drop(inbox);
     drop(events);
     drop(idle_link);
     Ok(())
 }
 
 fn flush(
-    pending: &RefCell<Vec<irqoff_event>>,
+    batch: Vec<irqoff_event>,
     wall: &WallClock,
     symbolizer: &mut Symbolizer,
     sink: &mut Sink,
     json: bool,
 ) -> Result<u64> {
-    let batch = std::mem::take(&mut *pending.borrow_mut());
     for ev in &batch {
         let rec = to_record(ev, wall, symbolizer);
         if json {
@@ -197,19 +171,16 @@ fn flush(
 }
 
 fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -> Record {
-    let (frames, stack_error) = if ev.stack_sz < 0 {
-        (vec![], Some(Errno(-ev.stack_sz)))
-    } else {
-        let n = (ev.stack_sz as usize / 8).min(ev.stack.len());
-        (symbolizer.kernel_stack(&ev.stack[..n]), None)
+    let (frames, stack_error) = match stacks::kernel_from_event(symbolizer, ev.stack_sz as i64, &ev.stack) {
+        stacks::Stack::Failed(e) => (vec![], Some(e)),
+        st => (st.frames().to_vec(), None),
     };
-    let comm: Vec<u8> = ev.comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     Record {
         kind: if ev.kind == 1 { Kind::Ongoing } else { Kind::Window },
         time: wall.to_system_time(ev.ts_ns),
         mono_ns: ev.ts_ns,
         cpu: ev.cpu,
-        comm: String::from_utf8_lossy(&comm).into_owned(),
+        comm: maps::c_string(&ev.comm),
         pid: ev.pid,
         tid: ev.tid,
         lat_us: ev.lat_ns / 1000,
@@ -217,23 +188,6 @@ fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -
         stack: frames,
         stack_error,
     }
-}
-
-/// Per-CPU counters of the CPUs we watched, indexed like `cpus`.
-fn read_stats(map: &libbpf_rs::Map, cpus: &[u32]) -> Result<Vec<irqoff_stats>> {
-    let per_cpu =
-        map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading statistics")?.unwrap_or_default();
-    Ok(cpus
-        .iter()
-        .map(|&c| {
-            per_cpu
-                .get(c as usize)
-                .filter(|v| v.len() >= std::mem::size_of::<irqoff_stats>())
-                // SAFETY: irqoff_stats is plain data and the length was checked.
-                .map(|v| unsafe { std::ptr::read_unaligned(v.as_ptr() as *const irqoff_stats) })
-                .unwrap_or_default()
-        })
-        .collect())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -284,10 +238,12 @@ fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libbpf_rs::skel::OpenSkel;
 
     /// No machine here has a PMU, so the NMI program never runs in tests;
     /// it must at least pass the verifier of this kernel, with both
-    /// transports, exactly as hardware mode loads it.
+    /// transports, exactly as hardware mode loads it: then this process
+    /// holds both as perf_event programs.
     #[test]
     fn hardware_mode_programs_pass_the_verifier() {
         for transport in [Transport::RingBuf, Transport::PerfBuf] {
@@ -298,9 +254,14 @@ mod tests {
             ro.kd_use_ringbuf = transport == Transport::RingBuf;
             transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).unwrap();
             transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf).unwrap();
-            let skel = open.load().unwrap_or_else(|e| panic!("{transport:?}: {e:#}"));
-            assert!(skel.progs.irqoff_nmi.as_fd().as_raw_fd() >= 0);
-            assert!(skel.progs.irqoff_tick.as_fd().as_raw_fd() >= 0);
+            let _skel = open.load().unwrap_or_else(|e| panic!("{transport:?}: {e:#}"));
+            let held = kdiag_testkit::programs_held_by(std::process::id());
+            for name in ["irqoff_nmi", "irqoff_tick"] {
+                assert!(
+                    held.iter().any(|(n, t)| n == name && *t == libbpf_rs::ProgramType::PerfEvent),
+                    "{transport:?}: {name} not loaded as a perf_event program: {held:?}"
+                );
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ fn software_mode_is_chosen_and_explained() {
 #[test]
 fn forced_hardware_fails_with_the_no_pmu_error() {
     let out = run(BIN, &["--backend", "hw", "1"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.starts_with("irqoff: backend hw is not usable on this kernel"), "{}", out.stderr);
     assert!(out.stderr.contains("ENOENT (no PMU"), "{}", out.stderr);
@@ -59,12 +59,11 @@ fn bad_input_is_one_line_and_attaches_nothing() {
     for (args, want) in cases {
         let (out, progs) = run_watching_programs(BIN, args);
         assert!(!progs.iter().any(|n| n.starts_with("irqoff_")), "{args:?} loaded {progs:?}");
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: refused, exit 2");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("irqoff: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
-    // Tests run one at a time, so no irqoff program may be loaded now.
 }
 
 #[test]

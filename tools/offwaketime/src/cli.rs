@@ -120,6 +120,15 @@ pub struct Cli {
     /// How long to run (10, 90s, 5m); default until Ctrl-C.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub common: kdiag_shared::lifecycle::CommonArgs,
+}
+
+impl kdiag_shared::lifecycle::ToolArgs for Cli {
+    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
+        &self.common
+    }
 }
 
 fn parse_id(s: &str) -> Result<u32, String> {
@@ -139,6 +148,43 @@ fn parse_state(s: &str) -> Result<u32, String> {
 }
 
 impl Cli {
+    /// The filters and choices, as the BPF side reads them.
+    pub fn configure(&self, ro: &mut crate::bpf::types::rodata) {
+        for (i, &p) in self.pids.iter().enumerate() {
+            ro.tgids[i] = p;
+        }
+        ro.n_tgids = self.pids.len() as u32;
+        for (i, &t) in self.tids.iter().enumerate() {
+            ro.tids[i] = t;
+        }
+        ro.n_tids = self.tids.len() as u32;
+        ro.thread_kind = if self.user_threads_only {
+            1
+        } else if self.kernel_threads_only {
+            2
+        } else {
+            0
+        };
+        ro.preempted_only = self.state == Some(0);
+        ro.state_mask = self.state.filter(|&s| s != 0).unwrap_or(u32::MAX);
+        ro.min_ns = self.min_us.saturating_mul(1000);
+        ro.max_ns = self.max_us.map_or(u64::MAX, |m| m.saturating_mul(1000));
+        ro.want_kstack = !self.user_stacks_only;
+        ro.want_ustack = !self.kernel_stacks_only;
+    }
+
+    /// What is traced, for the banner and the flame graph's title.
+    pub fn what(&self) -> String {
+        let join = |ids: &[u32]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        if !self.pids.is_empty() {
+            format!("PID {}", join(&self.pids))
+        } else if !self.tids.is_empty() {
+            format!("TID {}", join(&self.tids))
+        } else {
+            "all threads".to_string()
+        }
+    }
+
     /// Checks that need more than one flag, as one-line errors.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(max) = self.max_us {

@@ -5,7 +5,7 @@
 use kdiag_shared::symbolize::Frame;
 use serde::Serialize;
 
-pub use kdiag_shared::symbolize::Stack;
+pub use kdiag_shared::stacks::{Stack, StackFailures};
 
 /// Where the wakeup ran.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -215,40 +215,20 @@ pub fn cut_at_interrupt_entry(frames: Vec<Frame>) -> Vec<Frame> {
 /// interrupt stack cut short, or two call sites in one function, can give
 /// one stack several ids.
 pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut out: Vec<Entry> = Vec::new();
-    for e in entries {
-        let key = format!(
-            "{} {} {} {:?} {:?}",
-            e.sleeper.pid,
-            e.waker.side.pid,
-            e.folded(Layout { delimited: true }).rsplit_once(' ').map(|(s, _)| s.to_string()).unwrap_or_default(),
-            e.waker.context,
-            e.waker.softirq
-        );
-        match index.get(&key) {
-            Some(&i) => {
-                out[i].blocked_ns += e.blocked_ns;
-                out[i].runq_ns += e.runq_ns;
-                out[i].count += e.count;
-            }
-            None => {
-                index.insert(key, out.len());
-                out.push(e);
-            }
-        }
-    }
-    out
+    kdiag_shared::stacks::merge(
+        entries,
+        |e| {
+            let folded = e.folded(Layout { delimited: true });
+            let stacks = folded.rsplit_once(' ').map(|(s, _)| s.to_string()).unwrap_or_default();
+            (e.sleeper.pid, e.waker.side.pid, stacks, format!("{:?} {:?}", e.waker.context, e.waker.softirq))
+        },
+        |into, e| {
+            into.blocked_ns += e.blocked_ns;
+            into.runq_ns += e.runq_ns;
+            into.count += e.count;
+        },
+    )
 }
-
-/// Drop the tracer's own frames from the top of a kernel stack.
-pub fn strip_tracer_frames(frames: Vec<Frame>) -> Vec<Frame> {
-    let skip =
-        frames.iter().take_while(|f| f.sym.as_deref().is_some_and(kdiag_shared::symbolize::is_tracer_frame)).count();
-    frames.into_iter().skip(skip).collect()
-}
-
-pub use kdiag_shared::maps::StackFailures;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
@@ -474,19 +454,6 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].count, 6);
         assert_eq!(m[0].blocked_ns, 2 * 201_092_000);
-    }
-
-    #[test]
-    fn tracer_frames_are_stripped_from_the_top_only() {
-        let st = vec![
-            f("bpf_prog_abc_owt_switch_btf"),
-            f("bpf_trace_run4"),
-            f("__traceiter_sched_switch"),
-            f("__schedule"),
-            f("perf_trace_x"),
-        ];
-        let names: Vec<String> = strip_tracer_frames(st).iter().map(|f| f.sym.clone().unwrap()).collect();
-        assert_eq!(names, ["__schedule", "perf_trace_x"]);
     }
 
     #[test]
