@@ -12,6 +12,7 @@
 //!   and attaching BPF programs with `PERF_EVENT_IOC_SET_BPF`.
 //! - [`transport`]: ring buffer, or perf buffer on kernels without one,
 //!   with lost-event counting.
+//! - [`links`]: attached programs, detached in parallel.
 //! - [`ftrace`]: a private tracefs instance for the ftrace rung, removed
 //!   on exit.
 //! - [`ksyms`]: the kernel's symbols, read once, lean.
@@ -36,6 +37,7 @@ pub mod histogram;
 pub mod ksyms;
 pub mod libbpf_log;
 pub mod lifecycle;
+pub mod links;
 pub mod maps;
 pub mod output;
 pub mod perf;

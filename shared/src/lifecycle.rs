@@ -43,6 +43,19 @@ pub trait ToolArgs: clap::Parser {
     fn common(&self) -> &CommonArgs;
 }
 
+/// `impl ToolArgs` for a command line whose [`CommonArgs`] are the
+/// flattened field `common`.
+#[macro_export]
+macro_rules! tool_args {
+    ($cli:ty) => {
+        impl $crate::lifecycle::ToolArgs for $cli {
+            fn common(&self) -> &$crate::lifecycle::CommonArgs {
+                &self.common
+            }
+        }
+    };
+}
+
 /// A stop request arrived during start-up: not a failure.
 #[derive(Debug)]
 pub struct Stopped;

@@ -181,6 +181,87 @@ pub fn merge<E, K: Hash + Eq>(entries: Vec<E>, key: impl Fn(&E) -> K, mut add: i
     out
 }
 
+/// How a stack tool's report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// bcc's multi-line blocks, then the summary.
+    Text,
+    /// One folded line per entry for flamegraph.pl; the summary goes to
+    /// stderr so that stdout stays pure folded lines.
+    Folded,
+    /// One JSON object per entry, then the summary's.
+    Json,
+}
+
+impl Form {
+    pub fn of(json: bool, folded: bool) -> Form {
+        match (json, folded) {
+            (true, _) => Form::Json,
+            (_, true) => Form::Folded,
+            _ => Form::Text,
+        }
+    }
+}
+
+/// A stack tool's report: its entries in the three forms, anything else it
+/// prints (funcstack's return values), and the summary.
+pub struct Report<'a, E> {
+    pub entries: &'a [E],
+    pub text: &'a dyn Fn(&E) -> String,
+    /// None leaves an entry out of folded lines and flame graphs (no
+    /// weight to draw).
+    pub folded: &'a dyn Fn(&E) -> Option<String>,
+    pub extra_json: Vec<serde_json::Value>,
+    pub extra_text: String,
+    pub summary_json: serde_json::Value,
+    pub summary_text: String,
+}
+
+impl<E: Serialize> Report<'_, E> {
+    pub fn write(&self, form: Form) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        match form {
+            Form::Json => {
+                for e in self.entries {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                }
+                for v in self.extra_json.iter().chain([&self.summary_json]) {
+                    writeln!(out, "{v}")?;
+                }
+            }
+            Form::Folded => {
+                for line in self.entries.iter().filter_map(self.folded) {
+                    writeln!(out, "{line}")?;
+                }
+                crate::lifecycle::say_text(&format!("{}{}", self.extra_text, self.summary_text));
+            }
+            Form::Text => {
+                for e in self.entries {
+                    write!(out, "{}", (self.text)(e))?;
+                }
+                write!(out, "{}{}", self.extra_text, self.summary_text)?;
+            }
+        }
+        Ok(out.flush()?)
+    }
+
+    /// The flame graph of the folded lines, into `file` (created before the
+    /// run, so an unwritable path failed at once).
+    pub fn write_svg(
+        &self,
+        file: std::fs::File,
+        path: &std::path::Path,
+        labels: &crate::flame::Labels,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let lines: Vec<String> = self.entries.iter().filter_map(self.folded).collect();
+        crate::flame::write_svg(file, labels, &lines).with_context(|| format!("writing {}", path.display()))?;
+        crate::say!("flame graph written to {}", path.display());
+        Ok(())
+    }
+}
+
 /// Failed stack captures, by errno, as the BPF side counts them
 /// (`KD_COUNT_STACK_FAILURE` in bpf/kdiag.bpf.h).
 #[derive(Clone, Debug, Default, Serialize)]

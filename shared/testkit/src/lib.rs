@@ -231,3 +231,207 @@ macro_rules! detach_tests {
         }
     };
 }
+
+/// What a process of ours may leave behind that is not bound to a file
+/// descriptor: a private tracefs instance (`kdiag-TOOL-PID`) and legacy
+/// kprobe events (libbpf names them `libbpf_PID_...`).
+pub fn tracefs_leftovers(pid: u32) -> Vec<String> {
+    let Some(tracefs) = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.join("events").is_dir())
+    else {
+        return vec![];
+    };
+    let mut left = Vec::new();
+    let suffix = format!("-{pid}");
+    if let Ok(dir) = std::fs::read_dir(tracefs.join("instances")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("kdiag-") && name.ends_with(&suffix) {
+                left.push(format!("tracefs instance {name}"));
+            }
+        }
+    }
+    let marker = format!("libbpf_{pid}_");
+    for line in std::fs::read_to_string(tracefs.join("kprobe_events")).unwrap_or_default().lines() {
+        if line.contains(&marker) {
+            left.push(format!("kprobe event {line}"));
+        }
+    }
+    left
+}
+
+const STOP_SIGNALS: [(i32, &str); 3] = [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")];
+const STOP_DELAYS_MS: [u64; 6] = [10, 30, 80, 150, 400, 1500];
+/// How long after the signal a run may take to end.
+pub const STOP_WITHIN: Duration = Duration::from_millis(500);
+
+/// How SIGINT reaches the tool: as from a terminal (default disposition),
+/// or as a background job of a script inherits it (ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sigint {
+    Default,
+    InheritedIgnored,
+}
+
+/// Has process `pid` taken over SIGINT, SIGTERM and SIGHUP (its SigCgt)?
+/// A signal that arrives before a program's first instruction can be
+/// caught by no program: the kernel applies the default action on the way
+/// out of execve. The first thing every tool does is take them; this says
+/// when that has happened.
+pub fn catches_stop_signals(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].iter().all(|&s| caught & (1 << (s - 1)) != 0)
+}
+
+/// One run stopped by `sig` `delay` after exec (and not before the tool
+/// catches the stop signals), watched throughout. Returns a line
+/// describing anything wrong.
+pub fn stop_once(bin: &str, args: &[&str], sig: (i32, &str), delay: Duration, sigint: Sigint) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            if sigint == Sigint::InheritedIgnored {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("starting {bin}: {e}"))?;
+    let pid = child.id();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut held = Held::default();
+    let watch = |held: &mut Held| {
+        let h = held_by(pid);
+        held.progs.extend(h.progs);
+        held.links.extend(h.links);
+        held.perf_events = held.perf_events.max(h.perf_events);
+    };
+    let mut sent = None;
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
+        watch(&mut held);
+        if sent.is_none() && started.elapsed() >= delay && catches_stop_signals(pid) {
+            // SAFETY: kill(2) on our own child, which has not been reaped.
+            unsafe { libc::kill(pid as i32, sig.0) };
+            sent = Some(Instant::now());
+        }
+        if sent.is_some_and(|t| t.elapsed() > STOP_WITHIN * 10) {
+            let _ = child.kill();
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    let took = sent.map(|t| t.elapsed());
+    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let what = format!("{} at {} ms", sig.1, delay.as_millis());
+    let tail = || stderr.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+    let Some(took) = took else {
+        return Err(format!("{what}: the tool ended by itself before the signal ({status}): {}", tail()));
+    };
+    if status.code() != Some(0) {
+        return Err(format!("{what}: exit {status} after {took:?}: {}", tail()));
+    }
+    if took > STOP_WITHIN {
+        return Err(format!("{what}: took {took:?} to end (limit {STOP_WITHIN:?})"));
+    }
+    let reason = format!("{} received", sig.1);
+    let said = stderr.lines().any(|l| l.ends_with(": stopped during start-up"))
+        || stdout.contains(&reason)
+        || stderr.contains(&reason);
+    if !said {
+        return Err(format!("{what}: neither a summary with '{reason}' nor 'stopped during start-up': {}", tail()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (progs, links) = kernel_ids();
+        let left_progs: Vec<_> = held.progs.intersection(&progs).collect();
+        let left_links: Vec<_> = held.links.intersection(&links).collect();
+        let left_tracefs = tracefs_leftovers(pid);
+        if left_progs.is_empty() && left_links.is_empty() && left_tracefs.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: left behind programs {left_progs:?}, links {left_links:?}, {left_tracefs:?}"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The stop-at-any-moment check: SIGINT (at its default disposition),
+/// SIGTERM and SIGHUP, each sent 10, 30, 80, 150, 400 ms and 1.5 s after
+/// exec; then SIGINT to a tool that inherited it ignored. Every run must
+/// end within [`STOP_WITHIN`] with exit 0, a summary or "stopped during
+/// start-up", and nothing left in the kernel. All failures are collected
+/// and reported together.
+pub fn assert_stops_cleanly_at_any_moment(bin: &str, args: &[&str]) {
+    let mut failures = Vec::new();
+    for sig in STOP_SIGNALS {
+        for ms in STOP_DELAYS_MS {
+            if let Err(e) = stop_once(bin, args, sig, Duration::from_millis(ms), Sigint::Default) {
+                failures.push(e);
+            }
+        }
+    }
+    for ms in [30, 400] {
+        if let Err(e) = stop_once(bin, args, STOP_SIGNALS[0], Duration::from_millis(ms), Sigint::InheritedIgnored) {
+            failures.push(format!("SIGINT inherited ignored: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} runs went wrong:\n{}", failures.len(), 20, failures.join("\n"));
+}
+
+/// stdout read by a reader that goes away (`tool | head -0`): the tool
+/// stops on its own, detaches and exits 0 without a word about it; and a
+/// tool whose stderr reader is gone runs to its end without a panic.
+pub fn assert_survives_closed_outputs(bin: &str, args: &[&str]) {
+    // stdout: a pipe whose reading end we close at once.
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "stdout closed: {status}; stderr: {stderr}");
+    for bad in ["Broken pipe", "os error 32", "panicked"] {
+        assert!(!stderr.contains(bad), "stdout closed: stderr says {bad:?}: {stderr}");
+    }
+    // stderr: a pipe whose reading end is closed before the tool writes.
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr closed: {status}");
+}

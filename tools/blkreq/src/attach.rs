@@ -12,6 +12,7 @@ use crate::btfscan::Kind;
 use crate::targets::{Resolved, Target, FUNC_SLOTS};
 use anyhow::{anyhow, Context as _, Result};
 use kdiag_shared::backend::{self, Choice, Mechanism};
+use kdiag_shared::links::Links;
 use kdiag_shared::skel::Storage;
 use kdiag_shared::transport::Kind as Transport;
 use kdiag_shared::{libbpf_log, probe, Errno};
@@ -147,7 +148,7 @@ fn set_prog(open: &mut OpenBlkreqSkel<'_>, name: &str, target: Option<&str>) -> 
 pub struct Attached<'s> {
     pub core: BlkreqSkel<'s>,
     fentry: Vec<BlkreqSkel<'s>>,
-    links: Vec<Link>,
+    links: Links,
     pub funcs_attached: usize,
     pub tps_attached: usize,
     /// (function or tracepoint, why) for each that would not attach.
@@ -157,23 +158,24 @@ pub struct Attached<'s> {
 
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        if links.len() > 64 {
-            drop_in_parallel(links);
-        }
+        // Links first: the fentry objects' programs are theirs.
+        self.links.detach();
         self.fentry.clear();
     }
 }
 
-fn drop_in_parallel(links: Vec<Link>) {
-    let per = links.len().div_ceil(8);
-    let mut links = links;
-    std::thread::scope(|s| {
-        while !links.is_empty() {
-            let batch: Vec<Link> = links.drain(..per.min(links.len())).collect();
-            s.spawn(move || drop(batch));
-        }
-    });
+impl Attached<'_> {
+    /// Requests tracked to their end so far.
+    pub fn finished(&self) -> u64 {
+        self.core
+            .maps
+            .bss_data
+            .as_ref()
+            // SAFETY: the .bss map is mmapped and written by BPF concurrently;
+            // a volatile read of an aligned u64 is what we need.
+            .map(|b| unsafe { std::ptr::read_volatile(&b.finished) })
+            .unwrap_or(0)
+    }
 }
 
 fn find_prog<'a>(skel: &'a mut BlkreqSkel<'_>, name: &str) -> Option<ProgramMut<'a>> {
@@ -211,7 +213,7 @@ pub fn load_and_attach<'s>(storage: &'s Storage, plan: &Plan, cfg: &Config, res:
     let mut a = Attached {
         core,
         fentry: vec![],
-        links: vec![],
+        links: Links::new(),
         funcs_attached: 0,
         tps_attached: 0,
         refused: vec![],

@@ -18,18 +18,12 @@ mod bpf {
 
 use anyhow::{Context, Result};
 use bpf::types::{brq_event, brq_stats};
-use cli::Format;
 use kdiag_shared::lifecycle::Session;
-use kdiag_shared::maps::c_string;
-use kdiag_shared::output::Sink;
 use kdiag_shared::runctl::StopReason;
 use kdiag_shared::skel::Storage;
-use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{self, Inbox, Kind as Transport};
 use kdiag_shared::{backend, ksyms, lifecycle, precheck, say};
 use std::time::{Duration, Instant};
-use targets::Resolved;
-use timeline::Step;
 
 /// After the last tracked request ends, its free path still runs (on the
 /// completing CPU, microseconds later): steps this soon after the end
@@ -61,7 +55,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     s.checkpoint()?;
 
     if cli.list {
-        return Ok(kdiag_shared::output::stdout_text(&list(&resolved, &plan))?);
+        return Ok(kdiag_shared::output::stdout_text(&report::list(&resolved, &plan))?);
     }
 
     let transport = Transport::detect();
@@ -102,7 +96,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let mut all_done_at: Option<Instant> = None;
     let reason = s.event_loop(Duration::from_millis(100), |wait| {
         raw.extend(inbox.poll(wait)?);
-        if all_done_at.is_none() && finished(&attached) >= cli.count as u64 {
+        if all_done_at.is_none() && attached.finished() >= cli.count as u64 {
             all_done_at = Some(Instant::now());
         }
         Ok(all_done_at
@@ -112,7 +106,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     raw.extend(inbox.poll(Duration::ZERO)?);
     let lost_in_transport = inbox.lost();
     let stats: brq_stats = kdiag_shared::maps::sum_counters(&attached.core.maps.stats).context("reading statistics")?;
-    let done = finished(&attached);
+    let done = attached.finished();
     let (funcs_attached, tps_attached, attach_ms) =
         (attached.funcs_attached, attached.tps_attached, attached.attach_time.as_millis() as u64);
     let refused = attached.refused.clone();
@@ -120,7 +114,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     drop(inbox);
     drop(attached);
 
-    let steps = decode(&raw, &resolved, ops);
+    let steps = timeline::decode(&raw, &resolved, ops);
     let summary = report::Summary {
         kind: "summary",
         duration_s: s.run().elapsed().as_secs_f64(),
@@ -140,107 +134,5 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         attach_ms,
         refused: refused.into_iter().map(|(name, why)| report::Refused { name, why }).collect(),
     };
-    output(cli.format(), &steps, &summary)
-}
-
-fn output(format: Format, steps: &[Step], summary: &report::Summary) -> Result<()> {
-    let mut sink = Sink::stdout();
-    let mut tree = tree::Tree::default();
-    let mut ordered: Vec<&Step> = steps.iter().collect();
-    ordered.sort_by_key(|s| s.mono_ns);
-    for s in &ordered {
-        let (ctx, path) = s.path();
-        tree.insert(ctx, &path);
-    }
-    match format {
-        Format::Tree => {
-            sink.text(&tree.render())?;
-            sink.text("\n")?;
-            sink.text(&summary.text())?;
-        }
-        Format::Folded => {
-            sink.text(&tree.folded())?;
-            lifecycle::say_text(&summary.text());
-        }
-        Format::Timeline => {
-            sink.text(&timeline::render(&timeline::requests(steps)))?;
-            sink.text(&summary.text())?;
-        }
-        Format::Json => {
-            for r in timeline::requests(steps) {
-                sink.json(&r)?;
-            }
-            sink.json(&serde_json::json!({"type": "tree", "roots": tree.roots}))?;
-            sink.json(summary)?;
-        }
-    }
-    Ok(())
-}
-
-fn finished(a: &attach::Attached<'_>) -> u64 {
-    a.core
-        .maps
-        .bss_data
-        .as_ref()
-        // SAFETY: the .bss map is mmapped and written by BPF concurrently;
-        // a volatile read of an aligned u64 is what we need.
-        .map(|b| unsafe { std::ptr::read_volatile(&b.finished) })
-        .unwrap_or(0)
-}
-
-fn decode(raw: &[brq_event], res: &Resolved, ops: &[(String, u32)]) -> Vec<Step> {
-    let mut sym = Symbolizer::new();
-    let mut names = std::collections::HashMap::new();
-    raw.iter()
-        .map(|e| {
-            let stack = (e.stack_sz >= 0).then(|| {
-                let n = (e.stack_sz as usize / 8).min(e.stack.len());
-                sym.kernel_stack(&e.stack[..n])
-                    .into_iter()
-                    .map(|f| f.sym.unwrap_or_else(|| format!("{:#x}", f.addr)))
-                    .collect::<Vec<_>>()
-            });
-            let (ma, mi) = filters::split_kernel_dev(e.dev);
-            let dev = names.entry(e.dev).or_insert_with(|| filters::dev_name(ma, mi)).clone();
-            Step {
-                mono_ns: e.ts_ns,
-                session: e.session,
-                rq: e.rq,
-                what: res.by_id(e.target).map(|t| t.label()).unwrap_or_else(|| format!("target {}", e.target)),
-                cpu: e.cpu,
-                pid: e.pid,
-                tid: e.tid,
-                comm: c_string(&e.comm),
-                flags: e.flags,
-                dev,
-                op: filters::op_name(e.cmd_flags, ops),
-                sector: e.sector,
-                bytes: e.bytes,
-                stack,
-            }
-        })
-        .collect()
-}
-
-/// `--list`: the resolved set, and how each would be attached. Nothing of
-/// blkreq's own is loaded; only the backend probe's tiny program is, for
-/// an instant, to learn what this kernel accepts.
-fn list(res: &Resolved, plan: &attach::Plan) -> String {
-    let mut out = format!("# {}\n", plan.explain());
-    out.push_str(&format!("{:<48} {:<6} {:<24} {}\n", "NAME", "ARG", "METHOD", "ROLE"));
-    for t in res.all() {
-        let args: Vec<String> = t.site.positions.iter().map(|p| p.to_string()).collect();
-        let mut role = t.role_name().to_string();
-        if t.role & targets::HIDDEN != 0 {
-            role.push_str(" (excluded: tracked, not shown)");
-        }
-        out.push_str(
-            &format!("{:<48} {:<6} {:<24} {}\n", t.label(), args.join(","), plan.method_of(t), role).trim_end(),
-        );
-        out.push('\n');
-    }
-    let shown = res.all().count();
-    let usable = res.all().filter(|t| t.skip.is_none()).count();
-    out.push_str(&format!("# {shown} listed, {usable} attachable\n"));
-    out
+    report::output(cli.format(), &steps, &summary)
 }

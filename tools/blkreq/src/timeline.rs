@@ -186,6 +186,45 @@ pub fn render(reqs: &[Request]) -> String {
     out
 }
 
+/// Steps from the BPF records, stacks named, devices and ops by name.
+pub fn decode(
+    raw: &[crate::bpf::types::brq_event],
+    res: &crate::targets::Resolved,
+    ops: &[(String, u32)],
+) -> Vec<Step> {
+    let mut sym = kdiag_shared::symbolize::Symbolizer::new();
+    let mut names = std::collections::HashMap::new();
+    raw.iter()
+        .map(|e| {
+            let stack = (e.stack_sz >= 0).then(|| {
+                let n = (e.stack_sz as usize / 8).min(e.stack.len());
+                sym.kernel_stack(&e.stack[..n])
+                    .into_iter()
+                    .map(|f| f.sym.unwrap_or_else(|| format!("{:#x}", f.addr)))
+                    .collect::<Vec<_>>()
+            });
+            let (ma, mi) = crate::filters::split_kernel_dev(e.dev);
+            let dev = names.entry(e.dev).or_insert_with(|| crate::filters::dev_name(ma, mi)).clone();
+            Step {
+                mono_ns: e.ts_ns,
+                session: e.session,
+                rq: e.rq,
+                what: res.by_id(e.target).map(|t| t.label()).unwrap_or_else(|| format!("target {}", e.target)),
+                cpu: e.cpu,
+                pid: e.pid,
+                tid: e.tid,
+                comm: kdiag_shared::maps::c_string(&e.comm),
+                flags: e.flags,
+                dev,
+                op: crate::filters::op_name(e.cmd_flags, ops),
+                sector: e.sector,
+                bytes: e.bytes,
+                stack,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

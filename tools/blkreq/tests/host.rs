@@ -430,3 +430,18 @@ kdiag_testkit::detach_tests!(detaches_everything);
 fn missing_privileges_is_one_clear_line() {
     kdiag_testkit::assert_refused_without_privileges(BIN, &["1"]);
 }
+
+/// A stop request at any moment of start-up or run ends it cleanly. Only
+/// requests of a task that never does I/O are followed, so the run never
+/// ends by itself first.
+#[test]
+fn stops_cleanly_at_any_moment() {
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &["--comm", "kdiag-no-such", "30"]);
+}
+
+/// `| head`: a reader that goes away ends the run quietly, exit 0; a gone
+/// stderr is no reason to panic.
+#[test]
+fn survives_closed_outputs() {
+    kdiag_testkit::assert_survives_closed_outputs(BIN, &["--comm", "kdiag-no-such", "1"]);
+}

@@ -118,11 +118,7 @@ pub struct Cli {
     pub common: kdiag_shared::lifecycle::CommonArgs,
 }
 
-impl kdiag_shared::lifecycle::ToolArgs for Cli {
-    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
-        &self.common
-    }
-}
+kdiag_shared::tool_args!(Cli);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AlgoChoice(pub Option<Algo>);

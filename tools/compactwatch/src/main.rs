@@ -36,7 +36,6 @@ use kdiag_shared::stacks::Stacks;
 use kdiag_shared::transport::{Inbox, Kind as Transport};
 use kdiag_shared::{precheck, probe, say, warning, Errno};
 use libbpf_rs::skel::SkelBuilder;
-use serde_json::json;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 use watermark::Algo;
@@ -51,7 +50,7 @@ fn main() {
 
 fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     if let Some(path) = &cli.from_dmesg {
-        return from_dmesg(path, &cli);
+        return offline::report(path, &cli);
     }
     precheck::check(precheck::Needs { btf: true, tracefs: true })?;
     let tfs = precheck::tracefs().map_err(anyhow::Error::msg)?;
@@ -74,7 +73,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     // mm_page_alloc is the one signal without which the tool is blind; the
     // others are attached if this kernel has them, and missing ones named.
     let p = &skel.progs;
-    let mut links = Vec::new();
+    let mut links = kdiag_shared::links::Links::new();
     let mut missing = Vec::new();
     let all: [(&str, &libbpf_rs::ProgramMut); 12] = [
         ("kmem:mm_page_alloc", &p.cw_page_alloc),
@@ -176,47 +175,5 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     }
     drop(inbox);
     drop(links);
-    Ok(())
-}
-
-fn from_dmesg(path: &std::path::Path, cli: &cli::Cli) -> Result<()> {
-    let text = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    let report = dmesg::parse(&String::from_utf8_lossy(&text)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    // Names in a modern report are given meaning by the running kernel's
-    // table, when there is one to read.
-    let live = precheck::tracefs().ok().map(|t| Decoders::load(&t).gfp);
-    let a = offline::analyse(report, cli.algo.0, live.as_ref());
-    let advice = advice::advise(&a.verdict, &advice::Knobs::default());
-    let mut sink = Sink::stdout();
-    if cli.json {
-        sink.json(&json!({
-            "type": "verdict",
-            "source": path.display().to_string(),
-            "comm": a.report.comm,
-            "pid": a.report.pid,
-            "caller": a.report.caller(),
-            "gfp_names_from": a.gfp_source,
-            "verdict": a.verdict,
-            "advice": advice,
-        }))?;
-        return Ok(());
-    }
-    let mut s = format!(
-        "FAIL (from {}) {} pid {}: order {} mode {:#x}, caller {}\n",
-        path.display(),
-        a.report.comm,
-        a.report.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-        a.report.order,
-        a.report.mode,
-        a.report.caller().unwrap_or("[unknown]")
-    );
-    if let Some(src) = a.gfp_source {
-        s += &format!("  GFP names from the {src}\n");
-    }
-    s += &a.verdict.text();
-    for l in &advice {
-        s += &format!("  advice: {l}\n");
-    }
-    sink.text(&s)?;
     Ok(())
 }

@@ -75,6 +75,50 @@ pub fn analyse(report: Report, algo: Option<Algo>, live: Option<&GfpTable>) -> A
     Analysis { report, verdict, gfp_source: source }
 }
 
+/// `--from-dmesg FILE`: the verdict on a saved report, no BPF at all.
+pub fn report(path: &std::path::Path, cli: &crate::cli::Cli) -> anyhow::Result<()> {
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let report =
+        crate::dmesg::parse(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Names in a modern report are given meaning by the running kernel's
+    // table, when there is one to read.
+    let live = kdiag_shared::precheck::tracefs().ok().map(|t| crate::decode::Decoders::load(&t).gfp);
+    let a = analyse(report, cli.algo.0, live.as_ref());
+    let advice = crate::advice::advise(&a.verdict, &crate::advice::Knobs::default());
+    let mut sink = kdiag_shared::output::Sink::stdout();
+    if cli.json {
+        sink.json(&serde_json::json!({
+            "type": "verdict",
+            "source": path.display().to_string(),
+            "comm": a.report.comm,
+            "pid": a.report.pid,
+            "caller": a.report.caller(),
+            "gfp_names_from": a.gfp_source,
+            "verdict": a.verdict,
+            "advice": advice,
+        }))?;
+        return Ok(());
+    }
+    let mut s = format!(
+        "FAIL (from {}) {} pid {}: order {} mode {:#x}, caller {}\n",
+        path.display(),
+        a.report.comm,
+        a.report.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+        a.report.order,
+        a.report.mode,
+        a.report.caller().unwrap_or("[unknown]")
+    );
+    if let Some(src) = a.gfp_source {
+        s += &format!("  GFP names from the {src}\n");
+    }
+    s += &a.verdict.text();
+    for l in &advice {
+        s += &format!("  advice: {l}\n");
+    }
+    sink.text(&s)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,3 +248,16 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
 }
 
 kdiag_testkit::detach_tests!(detaches_everything);
+
+/// A stop request at any moment of start-up or run ends it cleanly. At its defaults: order 4 and up, every task.
+#[test]
+fn stops_cleanly_at_any_moment() {
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &["30"]);
+}
+
+/// `| head`: a reader that goes away ends the run quietly, exit 0; a gone
+/// stderr is no reason to panic.
+#[test]
+fn survives_closed_outputs() {
+    kdiag_testkit::assert_survives_closed_outputs(BIN, &["1"]);
+}

@@ -9,8 +9,9 @@ use crate::bpf::{EpollwakeProgs, OpenEpollwakeProgs};
 use crate::uprobe;
 use anyhow::{anyhow, Result};
 use kdiag_shared::backend::Mechanism;
+use kdiag_shared::links::Links;
 use kdiag_shared::{ksyms, Errno};
-use libbpf_rs::{Link, UprobeOpts};
+use libbpf_rs::UprobeOpts;
 use std::path::Path;
 
 pub const LADDER: [Mechanism; 3] = [Mechanism::Fentry, Mechanism::Kprobe, Mechanism::Tracepoint];
@@ -121,7 +122,7 @@ fn libbpf_err(e: &libbpf_rs::Error) -> String {
 
 /// Everything attached; dropping it detaches.
 pub struct Attached {
-    _links: Vec<Link>,
+    _links: Links,
     /// The functions the uprobes are on, by cookie.
     pub uprobe_names: Vec<String>,
 }
@@ -132,7 +133,7 @@ pub fn attach(
     pid: u32,
     uprobes: Option<&(std::path::PathBuf, Vec<uprobe::Target>)>,
 ) -> Result<Attached> {
-    let mut links = Vec::new();
+    let mut links = Links::new();
     let all = [
         &p.ew_enter_wait,
         &p.ew_enter_pwait,

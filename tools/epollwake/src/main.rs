@@ -20,11 +20,10 @@ mod bpf {
 
 use anyhow::{anyhow, bail, Context, Result};
 use attach::{Plan, LADDER};
-use bpf::types::{ew_stats, wait_state};
+use bpf::types::ew_stats;
 use bpf::EpollwakeSkelBuilder;
 use events::Event;
 use kdiag_shared::lifecycle::Session;
-use kdiag_shared::maps::bytes_of;
 use kdiag_shared::output::Sink;
 use kdiag_shared::runctl::StopReason;
 use kdiag_shared::transport::{Inbox, Kind as Transport};
@@ -36,19 +35,10 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 use timeline::{Filter, Options, Timeline};
 
-kdiag_shared::plain_data!(ew_stats, wait_state);
+kdiag_shared::plain_data!(ew_stats);
 
 fn main() {
     kdiag_shared::lifecycle::main("epollwake", run)
-}
-
-/// The `wait_state` the BPF side keeps per waiting thread.
-fn seed_waiting(map: &libbpf_rs::MapMut, w: &target::Waiting) {
-    let st =
-        wait_state { events: w.events, epfd: w.epfd, maxevents: w.maxevents, syscall: w.syscall, ..Default::default() };
-    // NOEXIST: a thread that entered again since /proc was read is already
-    // recorded, more exactly.
-    let _ = map.update(&w.tid.to_ne_bytes(), bytes_of(&st), MapFlags::NO_EXIST);
 }
 
 fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
@@ -89,7 +79,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let already: Vec<target::Waiting> =
         target::waiting_threads(pid).into_iter().filter(|w| cli.tids.is_empty() || cli.tids.contains(&w.tid)).collect();
     for w in &already {
-        seed_waiting(&skel.maps.waiting, w);
+        target::seed_waiting(&skel.maps.waiting, w);
     }
     let inbox = Inbox::open(transport, &[(&skel.maps.events_ring, &skel.maps.events_perf)], Event::decode)?;
     s.checkpoint()?;

@@ -2,6 +2,9 @@
 //! lives, and which of its threads are already inside epoll_wait when the
 //! run starts (those would otherwise go unseen until they next enter).
 
+use crate::bpf::types::wait_state;
+use libbpf_rs::MapCore;
+
 /// x86-64 syscall numbers of epoll_wait, epoll_pwait, epoll_pwait2, in the
 /// order of enum ew_syscall.
 const EPOLL_WAITS: [u64; 3] = [232, 281, 441];
@@ -49,6 +52,17 @@ pub fn waiting_threads(pid: u32) -> Vec<Waiting> {
             parse_syscall(tid, &text)
         })
         .collect()
+}
+
+kdiag_shared::plain_data!(wait_state);
+
+/// The `wait_state` the BPF side keeps per waiting thread.
+pub fn seed_waiting(map: &libbpf_rs::MapMut<'_>, w: &Waiting) {
+    let st =
+        wait_state { events: w.events, epfd: w.epfd, maxevents: w.maxevents, syscall: w.syscall, ..Default::default() };
+    // NOEXIST: a thread that entered again since /proc was read is already
+    // recorded, more exactly.
+    let _ = map.update(&w.tid.to_ne_bytes(), kdiag_shared::maps::bytes_of(&st), libbpf_rs::MapFlags::NO_EXIST);
 }
 
 #[cfg(test)]

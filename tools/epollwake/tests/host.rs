@@ -247,3 +247,20 @@ fn bad_input_is_one_line() {
 fn missing_privileges_is_one_clear_line() {
     kdiag_testkit::assert_refused_without_privileges(BIN, &["-p", "1", "1"]);
 }
+
+/// A stop request at any moment of start-up or run ends it cleanly. The
+/// test process itself is the target: it never waits in epoll, which is
+/// said at the end and changes nothing about start-up.
+#[test]
+fn stops_cleanly_at_any_moment() {
+    let me = std::process::id().to_string();
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &["-p", &me, "30"]);
+}
+
+/// `| head`: a reader that goes away ends the run quietly, exit 0; a gone
+/// stderr is no reason to panic.
+#[test]
+fn survives_closed_outputs() {
+    let me = std::process::id().to_string();
+    kdiag_testkit::assert_survives_closed_outputs(BIN, &["-p", &me, "1"]);
+}

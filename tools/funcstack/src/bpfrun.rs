@@ -9,6 +9,7 @@ use crate::cli::Cli;
 use crate::report::{self, Entry, RetEntry, RetValue, Summary};
 use crate::target::{Kernel, Resolved};
 use kdiag_shared::backend::Mechanism;
+use kdiag_shared::links::Links;
 use kdiag_shared::maps::{self, c_string};
 use kdiag_shared::skel::Storage;
 use kdiag_shared::stacks::{Stack, Stacks};
@@ -23,7 +24,7 @@ kdiag_shared::plain_data!(fs_key, fs_ret_key, fs_stats);
 
 pub struct BpfRun<'s> {
     pub skel: FuncstackSkel<'s>,
-    links: Vec<Link>,
+    links: Links,
     /// Functions that would not take a probe, with why (glob, kprobe).
     pub skipped: Vec<(String, String)>,
     want_ip: bool,
@@ -99,9 +100,9 @@ fn attach(
     m: Mechanism,
     target: &Resolved,
     ret: bool,
-) -> Result<(Vec<Link>, Vec<(String, String)>), String> {
+) -> Result<(Links, Vec<(String, String)>), String> {
     let functions = target.functions();
-    let mut links = Vec::new();
+    let mut links = Links::new();
     let mut skipped = Vec::new();
     let progs = &skel.progs;
     let at = |r: libbpf_rs::Result<Link>| r.map_err(|e| describe(&e, "attach"));
@@ -158,7 +159,7 @@ impl BpfRun<'_> {
     }
 
     pub fn detach(&mut self) {
-        self.links.clear();
+        self.links.detach();
     }
 
     /// The counts as entries, the return values, and the summary's counts.

@@ -104,9 +104,17 @@ pub struct Cli {
     pub common: kdiag_shared::lifecycle::CommonArgs,
 }
 
-impl kdiag_shared::lifecycle::ToolArgs for Cli {
-    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
-        &self.common
+kdiag_shared::tool_args!(Cli);
+
+impl Cli {
+    /// -p and -c, for the banner.
+    pub fn scope(&self) -> String {
+        match (self.pid, &self.comm) {
+            (Some(p), Some(c)) => format!(" by process {p} named {c}"),
+            (Some(p), None) => format!(" by process {p}"),
+            (None, Some(c)) => format!(" by tasks named {c}"),
+            (None, None) => String::new(),
+        }
     }
 }
 

@@ -15,14 +15,12 @@ mod bpf {
 use anyhow::{anyhow, bail, Context as _, Result};
 use bpfrun::BpfRun;
 use kdiag_shared::backend::{Mechanism, ProbeError};
-use kdiag_shared::lifecycle::{say_text, Session};
+use kdiag_shared::lifecycle::Session;
 use kdiag_shared::runctl::StopReason;
 use kdiag_shared::skel::Storage;
-use kdiag_shared::stacks::Stacks;
+use kdiag_shared::stacks::{Form, Report, Stacks};
 use kdiag_shared::{flame, precheck, say, warning};
 use report::{Entry, Summary};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use target::{Kernel, Resolved, Spec};
@@ -141,7 +139,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     if let Some((n, why)) = skipped.first() {
         say!("{} matching functions left out, e.g. {n}: {why}", skipped.len());
     }
-    say!("counting stacks that reach {}{}. Ctrl-C to end.", what(&spec, &resolved, attached), filter(&cli));
+    say!("counting stacks that reach {}{}. Ctrl-C to end.", resolved.describe(&spec, attached), cli.scope());
 
     let mut stacks = match &tracer {
         Tracer::Bpf(b) => Some(Stacks::new(&b.skel.maps.stacks)?),
@@ -198,58 +196,23 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     };
     let entries = &entries[..shown];
 
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    if cli.json {
-        for e in entries {
-            writeln!(out, "{}", serde_json::to_string(e)?)?;
-        }
-        for r in &rets {
-            writeln!(out, "{}", serde_json::to_string(r)?)?;
-        }
-        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
-    } else if cli.folded {
-        for e in entries {
-            writeln!(out, "{}", e.folded())?;
-        }
-        // stdout stays pure folded lines for flamegraph.pl.
-        say_text(&format!("{}{}", report::rets_text(&rets), summary.text()));
-    } else {
-        for e in entries {
-            write!(out, "{}", e.text())?;
-        }
-        write!(out, "{}{}", report::rets_text(&rets), summary.text())?;
-    }
-    out.flush()?;
+    let report = Report {
+        entries,
+        text: &Entry::text,
+        folded: &|e: &Entry| Some(e.folded()),
+        extra_json: rets.iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
+        extra_text: report::rets_text(&rets),
+        summary_json: serde_json::to_value(&summary)?,
+        summary_text: summary.text(),
+    };
+    report.write(Form::of(cli.json, cli.folded))?;
     if let (Some(file), Some(path)) = (svg, &cli.stacks.svg) {
-        write_svg(file, entries, &label).with_context(|| format!("writing {}", path.display()))?;
-        say!("flame graph written to {}", path.display());
+        let labels = flame::Labels {
+            title: format!("Stacks reaching {label}"),
+            subtitle: Some("root: calling task; tips: the target; width: calls".into()),
+            count_name: "calls".into(),
+        };
+        report.write_svg(file, path, &labels)?;
     }
     Ok(())
-}
-
-/// What is counted, for the banner.
-fn what(spec: &Spec, resolved: &Resolved, attached: usize) -> String {
-    match resolved {
-        Resolved::Functions { glob: true, .. } => format!("{} ({attached} functions)", spec.label()),
-        _ => spec.label(),
-    }
-}
-
-fn filter(cli: &cli::Cli) -> String {
-    match (cli.pid, &cli.comm) {
-        (Some(p), Some(c)) => format!(" by process {p} named {c}"),
-        (Some(p), None) => format!(" by process {p}"),
-        (None, Some(c)) => format!(" by tasks named {c}"),
-        (None, None) => String::new(),
-    }
-}
-
-fn write_svg(file: File, entries: &[Entry], label: &str) -> Result<()> {
-    let lines: Vec<String> = entries.iter().map(Entry::folded).collect();
-    let labels = flame::Labels {
-        title: format!("Stacks reaching {label}"),
-        subtitle: Some("root: calling task; tips: the target; width: calls".into()),
-        count_name: "calls".into(),
-    };
-    flame::write_svg(file, &labels, &lines)
 }

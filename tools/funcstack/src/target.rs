@@ -175,6 +175,14 @@ pub enum Resolved {
 }
 
 impl Resolved {
+    /// What is counted, for the banner.
+    pub fn describe(&self, spec: &Spec, attached: usize) -> String {
+        match self {
+            Resolved::Functions { glob: true, .. } => format!("{} ({attached} functions)", spec.label()),
+            _ => spec.label(),
+        }
+    }
+
     pub fn functions(&self) -> &[String] {
         match self {
             Resolved::Functions { names, .. } => names,

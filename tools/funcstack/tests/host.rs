@@ -441,3 +441,19 @@ fn user_stacks_name_the_libc_wrapper() {
 fn missing_privileges_is_one_clear_line() {
     kdiag_testkit::assert_refused_without_privileges(BIN, &["vfs_read", "1"]);
 }
+
+/// A stop request at any moment of start-up or run ends it cleanly: on the
+/// BPF tracepoint rung, and on the ftrace rung, whose tracefs instance is
+/// not bound to a file descriptor and must be removed by the tool itself.
+#[test]
+fn stops_cleanly_at_any_moment() {
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &[UMOUNT, "30"]);
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &["--backend", "ftrace", UMOUNT, "30"]);
+}
+
+/// `| head`: a reader that goes away ends the run quietly, exit 0; a gone
+/// stderr is no reason to panic.
+#[test]
+fn survives_closed_outputs() {
+    kdiag_testkit::assert_survives_closed_outputs(BIN, &[UMOUNT, "1"]);
+}

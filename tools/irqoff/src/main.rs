@@ -2,6 +2,7 @@
 //! that held them. See `irqoff --help` and bpf/irqoff.bpf.c for how.
 
 mod cli;
+mod collect;
 mod params;
 mod report;
 
@@ -13,16 +14,13 @@ use anyhow::{Context, Result};
 use bpf::types::{irqoff_event, irqoff_stats};
 use bpf::IrqoffSkelBuilder;
 use kdiag_shared::backend::Mechanism;
-use kdiag_shared::histogram::Log2Hist;
 use kdiag_shared::lifecycle::Session;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::perf::{self, EventSpec, PerfEvent};
-use kdiag_shared::runctl::RunControl;
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{self, Inbox, Kind as Transport};
-use kdiag_shared::{cpus, maps, precheck, say, stacks, warning, Errno};
+use kdiag_shared::{cpus, maps, precheck, say, warning, Errno};
 use libbpf_rs::skel::SkelBuilder;
-use report::{CpuSummary, Kind, Record, StackOf, Summary};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
@@ -126,16 +124,16 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     }
     let mut reported = 0u64;
     let reason = s.event_loop(Duration::from_millis(200), |wait| {
-        reported += flush(inbox.poll(wait)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
+        reported += collect::flush(inbox.poll(wait)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
         Ok(None)
     })?;
     // Events already in the buffer when the run ended still belong to it.
-    reported += flush(inbox.poll(Duration::ZERO)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
+    reported += collect::flush(inbox.poll(Duration::ZERO)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
 
     let per_cpu = maps::percpu_values::<irqoff_stats>(&skel.maps.stats).context("reading statistics")?;
     let stats: Vec<irqoff_stats> = cpus.iter().map(|&c| per_cpu.get(c as usize).copied().unwrap_or_default()).collect();
     let summary =
-        summarize(&stats, &cpus, mode, s.run(), reason.to_string(), threshold, period, reported, inbox.lost());
+        collect::summarize(&stats, &cpus, mode, s.run(), reason.to_string(), threshold, period, reported, inbox.lost());
     if cli.json {
         sink.json(&summary)?;
     } else {
@@ -150,89 +148,6 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     drop(events);
     drop(idle_link);
     Ok(())
-}
-
-fn flush(
-    batch: Vec<irqoff_event>,
-    wall: &WallClock,
-    symbolizer: &mut Symbolizer,
-    sink: &mut Sink,
-    json: bool,
-) -> Result<u64> {
-    for ev in &batch {
-        let rec = to_record(ev, wall, symbolizer);
-        if json {
-            sink.json(&rec)?;
-        } else {
-            sink.text(&rec.text())?;
-        }
-    }
-    Ok(batch.iter().filter(|e| e.kind == 0).count() as u64)
-}
-
-fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -> Record {
-    let (frames, stack_error) = match stacks::kernel_from_event(symbolizer, ev.stack_sz as i64, &ev.stack) {
-        stacks::Stack::Failed(e) => (vec![], Some(e)),
-        st => (st.frames().to_vec(), None),
-    };
-    Record {
-        kind: if ev.kind == 1 { Kind::Ongoing } else { Kind::Window },
-        time: wall.to_system_time(ev.ts_ns),
-        mono_ns: ev.ts_ns,
-        cpu: ev.cpu,
-        comm: maps::c_string(&ev.comm),
-        pid: ev.pid,
-        tid: ev.tid,
-        lat_us: ev.lat_ns / 1000,
-        stack_of: if ev.stack_of == 1 { StackOf::Holder } else { StackOf::Reenabler },
-        stack: frames,
-        stack_error,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn summarize(
-    stats: &[irqoff_stats],
-    cpus: &[u32],
-    mode: &'static str,
-    rc: &RunControl,
-    stop_reason: String,
-    threshold: Duration,
-    period: Duration,
-    reported: u64,
-    transport_lost: u64,
-) -> Summary {
-    let sum = |f: fn(&irqoff_stats) -> u64| stats.iter().map(f).sum::<u64>();
-    let mut hist = Log2Hist::default();
-    for s in stats {
-        hist.merge(&Log2Hist::from_slots(&s.hist));
-    }
-    Summary {
-        kind: "summary",
-        mode: if mode.starts_with("hardware") { "hw" } else { "sw" },
-        duration_s: rc.elapsed().as_secs_f64(),
-        stop_reason,
-        threshold_us: threshold.as_micros() as u64,
-        period_us: period.as_micros() as u64,
-        windows: sum(|s| s.windows),
-        reported,
-        ongoing: sum(|s| s.ongoing),
-        rate_limited: sum(|s| s.rate_limited),
-        lost: sum(|s| s.lost + s.nmi_lost) + transport_lost,
-        stack_failed: sum(|s| s.stack_failed + s.nmi_stack_failed),
-        per_cpu: stats
-            .iter()
-            .zip(cpus)
-            .map(|(s, &cpu)| CpuSummary {
-                cpu,
-                samples: s.samples,
-                windows: s.windows,
-                max_us: s.lat_max_ns / 1000,
-                avg_us: if s.windows > 0 { s.lat_sum_ns / s.windows / 1000 } else { 0 },
-            })
-            .collect(),
-        hist_us: hist,
-    }
 }
 
 #[cfg(test)]

@@ -255,3 +255,16 @@ fn detects_injected_windows(env: &[(&str, &str)], transport: &str) {
     assert!(summary["windows"].as_u64().unwrap() >= 2, "{summary}");
     assert_eq!(summary["lost"], 0);
 }
+
+/// A stop request at any moment of start-up or run ends it cleanly. At its defaults: every CPU, 10 ms.
+#[test]
+fn stops_cleanly_at_any_moment() {
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &["30"]);
+}
+
+/// `| head`: a reader that goes away ends the run quietly, exit 0; a gone
+/// stderr is no reason to panic.
+#[test]
+fn survives_closed_outputs() {
+    kdiag_testkit::assert_survives_closed_outputs(BIN, &["1"]);
+}

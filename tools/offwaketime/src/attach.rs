@@ -5,8 +5,9 @@
 use crate::bpf::{OffwaketimeProgs, OpenOffwaketimeProgs};
 use anyhow::{anyhow, Result};
 use kdiag_shared::backend::Mechanism;
+use kdiag_shared::links::Links;
 use kdiag_shared::Errno;
-use libbpf_rs::{Link, ProgramMut, TracepointCategory};
+use libbpf_rs::{ProgramMut, TracepointCategory};
 
 /// Interrupt context comes from raw tracepoints with the BTF rungs, from
 /// classic tracepoints otherwise.
@@ -41,7 +42,7 @@ pub fn select(p: &mut OpenOffwaketimeProgs<'_>, m: Mechanism) {
 
 /// Everything attached; dropping it detaches.
 pub struct Attached {
-    _links: Vec<Link>,
+    _links: Links,
     /// Interrupt tracepoints this kernel lacks: wakeups from there are
     /// shown as the interrupted task's.
     pub irq_missing: Vec<String>,
@@ -88,8 +89,8 @@ const HARDIRQ_TPS: [(&str, &str, &str); 5] = [
 /// Attach the interrupt-context trackers; returns the links and what could
 /// not be followed (only the softirq pair and the first two hardirq pairs
 /// are worth a warning).
-fn attach_irq_context(progs: &OffwaketimeProgs<'_>, raw: bool) -> (Vec<Link>, Vec<String>) {
-    let mut links = Vec::new();
+fn attach_irq_context(progs: &OffwaketimeProgs<'_>, raw: bool) -> (Links, Vec<String>) {
+    let mut links = Links::new();
     let mut missing = Vec::new();
     let (soft_exit, soft_enter) = if raw {
         (&progs.owt_softirq_exit_raw, &progs.owt_softirq_enter_raw)

@@ -125,11 +125,7 @@ pub struct Cli {
     pub common: kdiag_shared::lifecycle::CommonArgs,
 }
 
-impl kdiag_shared::lifecycle::ToolArgs for Cli {
-    fn common(&self) -> &kdiag_shared::lifecycle::CommonArgs {
-        &self.common
-    }
-}
+kdiag_shared::tool_args!(Cli);
 
 fn parse_id(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {

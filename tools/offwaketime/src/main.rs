@@ -17,12 +17,10 @@ use bpf::OffwaketimeSkelBuilder;
 use kdiag_shared::backend::{Mechanism, ProbeError};
 use kdiag_shared::lifecycle::Session;
 use kdiag_shared::runctl::StopReason;
-use kdiag_shared::stacks::Stacks;
+use kdiag_shared::stacks::{Form, Report, Stacks};
 use kdiag_shared::{flame, ksyms, precheck, probe, say, warning};
 use libbpf_rs::skel::SkelBuilder;
 use report::{Entry, Layout};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -117,38 +115,23 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     drop(skel);
 
     let layout = Layout { delimited: cli.delimited };
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    if cli.json {
-        for e in &entries {
-            writeln!(out, "{}", serde_json::to_string(e)?)?;
-        }
-        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
-    } else if cli.folded {
-        for e in entries.iter().filter(|e| e.weight_us() > 0) {
-            writeln!(out, "{}", e.folded(layout))?;
-        }
-        // stdout stays pure folded lines for flamegraph.pl.
-        kdiag_shared::lifecycle::say_text(&summary.text());
-    } else {
-        for e in &entries {
-            write!(out, "{}", e.text(layout))?;
-        }
-        write!(out, "{}", summary.text())?;
-    }
-    out.flush()?;
+    let report = Report {
+        entries: &entries,
+        text: &|e: &Entry| e.text(layout),
+        folded: &|e: &Entry| (e.weight_us() > 0).then(|| e.folded(layout)),
+        extra_json: vec![],
+        extra_text: String::new(),
+        summary_json: serde_json::to_value(&summary)?,
+        summary_text: summary.text(),
+    };
+    report.write(Form::of(cli.json, cli.folded))?;
     if let (Some(file), Some(path)) = (svg, &cli.stacks.svg) {
-        write_svg(file, &entries, layout, &what).with_context(|| format!("writing {}", path.display()))?;
-        say!("flame graph written to {}", path.display());
+        let labels = flame::Labels {
+            title: format!("Off-Wake Time: {what}"),
+            subtitle: Some("sleeper stacks below --, waker stacks above; width is blocked time".into()),
+            count_name: "us".into(),
+        };
+        report.write_svg(file, path, &labels)?;
     }
     Ok(())
-}
-
-fn write_svg(file: File, entries: &[Entry], layout: Layout, what: &str) -> Result<()> {
-    let lines: Vec<String> = entries.iter().filter(|e| e.weight_us() > 0).map(|e| e.folded(layout)).collect();
-    let labels = flame::Labels {
-        title: format!("Off-Wake Time: {what}"),
-        subtitle: Some("sleeper stacks below --, waker stacks above; width is blocked time".into()),
-        count_name: "us".into(),
-    };
-    flame::write_svg(file, &labels, &lines)
 }

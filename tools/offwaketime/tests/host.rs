@@ -352,3 +352,16 @@ kdiag_testkit::detach_tests!(detaches_everything);
 fn missing_privileges_is_one_clear_line() {
     kdiag_testkit::assert_refused_without_privileges(BIN, &["1"]);
 }
+
+/// A stop request at any moment of start-up or run ends it cleanly. PID 1 keeps the summary short; the start-up is that of any run.
+#[test]
+fn stops_cleanly_at_any_moment() {
+    kdiag_testkit::assert_stops_cleanly_at_any_moment(BIN, &["-p", "1", "30"]);
+}
+
+/// `| head`: a reader that goes away ends the run quietly, exit 0; a gone
+/// stderr is no reason to panic.
+#[test]
+fn survives_closed_outputs() {
+    kdiag_testkit::assert_survives_closed_outputs(BIN, &["-p", "1", "1"]);
+}
