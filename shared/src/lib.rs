@@ -5,6 +5,7 @@
 //!   stop requests at any moment, exit status.
 //! - [`args`]: one-line command-line errors.
 //! - [`libbpf_log`]: libbpf's messages, kept, and a refused load in one line.
+//! - [`btf`]: the kernel's BTF, or the file of `--btf`.
 //! - [`precheck`]: privileges, BTF, tracefs, checked before anything loads.
 //! - [`backend`]: the ladder of attach mechanisms and the choice among them;
 //!   [`probe`] loads tiny programs to learn what this kernel really allows.
@@ -30,6 +31,7 @@
 
 pub mod args;
 pub mod backend;
+pub mod btf;
 pub mod cpus;
 pub mod flame;
 pub mod ftrace;

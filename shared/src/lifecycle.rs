@@ -41,6 +41,10 @@ pub struct CommonArgs {
 /// A tool's command line, with the flags every tool has.
 pub trait ToolArgs: clap::Parser {
     fn common(&self) -> &CommonArgs;
+    /// `--btf`, for the tools that need BTF.
+    fn btf(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// `impl ToolArgs` for a command line whose [`CommonArgs`] are the
@@ -51,6 +55,16 @@ macro_rules! tool_args {
         impl $crate::lifecycle::ToolArgs for $cli {
             fn common(&self) -> &$crate::lifecycle::CommonArgs {
                 &self.common
+            }
+        }
+    };
+    ($cli:ty, btf) => {
+        impl $crate::lifecycle::ToolArgs for $cli {
+            fn common(&self) -> &$crate::lifecycle::CommonArgs {
+                &self.common
+            }
+            fn btf(&self) -> Option<&std::path::Path> {
+                self.btf.file.as_deref()
             }
         }
     };
@@ -116,7 +130,7 @@ pub fn main<C: ToolArgs>(name: &'static str, body: impl FnOnce(C, &mut Session) 
     let cli: C = crate::args::parse(name);
     libbpf_log::install(cli.common().verbose);
     let mut session = Session { stop, run: None };
-    let result = body(cli, &mut session);
+    let result = crate::btf::use_file(cli.btf()).and_then(|()| body(cli, &mut session));
     std::process::exit(exit_code(&result, session.run.is_some()))
 }
 

@@ -20,11 +20,8 @@ pub struct Needs {
 /// Check privileges and `needs`; mount tracefs if it is needed and absent.
 pub fn check(needs: Needs) -> anyhow::Result<()> {
     privileges(effective_caps()?)?;
-    if needs.btf && !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        anyhow::bail!(
-            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing); \
-             it needs CONFIG_DEBUG_INFO_BTF=y"
-        );
+    if needs.btf && !crate::btf::available() {
+        return Err(crate::btf::missing());
     }
     if needs.tracefs {
         tracefs().map_err(|e| anyhow::anyhow!(e))?;

@@ -42,7 +42,7 @@ fn find_enum_with<'b>(btf: &'b Btf, member: &str) -> Option<BtfType<'b>> {
 
 /// The names for this kernel, reading its BTF.
 pub fn this_kernel() -> Vec<String> {
-    vector_names(Btf::from_vmlinux().ok().as_ref())
+    vector_names(crate::btf::vmlinux().ok().as_ref())
 }
 
 #[cfg(test)]

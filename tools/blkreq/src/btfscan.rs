@@ -124,7 +124,7 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn read() -> Result<Kernel, String> {
-        let btf = Btf::from_path(VMLINUX).map_err(|e| format!("cannot read kernel BTF {VMLINUX}: {e}"))?;
+        let btf = kdiag_shared::btf::vmlinux().map_err(|e| e.to_string())?;
         Ok(Kernel {
             sites: scan_kernel(&btf),
             ops: request_ops(&btf),
@@ -148,6 +148,10 @@ fn scan_kernel(btf: &Btf<'_>) -> Vec<Site> {
 
 /// Functions of every module with BTF that take a request.
 pub fn scan_modules() -> Vec<Site> {
+    // Module BTF is split against the kernel's own, in sysfs beside it.
+    if kdiag_shared::btf::custom().is_some() {
+        return vec![];
+    }
     let dir = std::path::Path::new(VMLINUX).parent().expect("a directory");
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     let modules: Vec<std::path::PathBuf> =

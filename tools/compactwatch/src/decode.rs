@@ -37,7 +37,7 @@ fn gfp_from_btf(btf: &Btf) -> Option<GfpTable> {
 impl Decoders {
     pub fn load(tracefs: &Path) -> Decoders {
         let fmt = |ev: &str| Format::read(tracefs, ev).ok();
-        let btf = Btf::from_vmlinux().ok();
+        let btf = kdiag_shared::btf::vmlinux().ok();
         let gfp = fmt("kmem/mm_page_alloc")
             .and_then(|f| f.flags_table("gfp_flags"))
             .map(|t| GfpTable::from_entries(t, Source::FormatFile))

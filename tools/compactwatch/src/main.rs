@@ -35,7 +35,6 @@ use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::stacks::Stacks;
 use kdiag_shared::transport::{Inbox, Kind as Transport};
 use kdiag_shared::{precheck, probe, say, warning, Errno};
-use libbpf_rs::skel::SkelBuilder;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 use watermark::Algo;
@@ -61,7 +60,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
 
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
-    let mut open = CompactwatchSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
+    let mut open = kdiag_shared::skel::open(CompactwatchSkelBuilder::default(), &mut storage)?;
     let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
     ro.kd_use_ringbuf = transport == Transport::RingBuf;
     ro.min_order = cli.order;

@@ -28,7 +28,6 @@ use kdiag_shared::output::Sink;
 use kdiag_shared::runctl::StopReason;
 use kdiag_shared::transport::{Inbox, Kind as Transport};
 use kdiag_shared::{precheck, probe, say};
-use libbpf_rs::skel::SkelBuilder;
 use libbpf_rs::{MapCore, MapFlags};
 use report::Summary;
 use std::mem::MaybeUninit;
@@ -60,7 +59,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let plan = Plan::new(choice.mechanism, &tracefs);
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
-    let mut open = EpollwakeSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
+    let mut open = kdiag_shared::skel::open(EpollwakeSkelBuilder::default(), &mut storage)?;
     let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
     ro.kd_use_ringbuf = transport == Transport::RingBuf;
     ro.targ_tgid = pid;
@@ -162,6 +161,7 @@ mod tests {
     use super::*;
     use kdiag_shared::ksyms;
     use libbpf_rs::skel::OpenSkel;
+    use libbpf_rs::skel::SkelBuilder;
 
     /// The functions the tracepoint backend recognises in wakers' stacks
     /// are in this kernel, each a range of plausible size.

@@ -14,7 +14,7 @@ use kdiag_shared::maps::{self, c_string};
 use kdiag_shared::skel::Storage;
 use kdiag_shared::stacks::{Stack, Stacks};
 use kdiag_shared::Errno;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::OpenSkel;
 use libbpf_rs::{KprobeMultiOpts, Link, TracepointCategory};
 
 /// Attaching kprobes one at a time: beyond this, ask for a narrower glob.
@@ -57,7 +57,8 @@ pub fn start<'s>(
             functions.len()
         ));
     }
-    let mut open = FuncstackSkelBuilder::default().open(storage.slot()).map_err(|e| describe(&e, "open"))?;
+    let mut open =
+        kdiag_shared::skel::open(FuncstackSkelBuilder::default(), storage.slot()).map_err(|e| format!("{e:#}"))?;
     open.maps.stacks.set_max_entries(cli.stacks.stack_storage_size).map_err(|e| e.to_string())?;
     let ro = open.maps.rodata_data.as_deref_mut().ok_or("BPF object has no rodata")?;
     ro.target_tgid = cli.pid.unwrap_or(0);

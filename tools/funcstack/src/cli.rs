@@ -101,10 +101,13 @@ pub struct Cli {
     pub duration: Option<Duration>,
 
     #[command(flatten)]
+    pub btf: kdiag_shared::btf::BtfArgs,
+
+    #[command(flatten)]
     pub common: kdiag_shared::lifecycle::CommonArgs,
 }
 
-kdiag_shared::tool_args!(Cli);
+kdiag_shared::tool_args!(Cli, btf);
 
 impl Cli {
     /// -p and -c, for the banner.

@@ -260,7 +260,7 @@ pub fn resolve_functions(spec: &Spec, k: &Kernel) -> Result<Resolved, String> {
 /// returns void is an error.
 pub fn nr_args(spec: &Spec, ret: bool) -> anyhow::Result<Option<u32>> {
     use libbpf_rs::btf::{types, BtfType, ReferencesType, TypeId};
-    let (Spec::Function(name), Ok(btf)) = (spec, libbpf_rs::btf::Btf::from_vmlinux()) else { return Ok(None) };
+    let (Spec::Function(name), Ok(btf)) = (spec, kdiag_shared::btf::vmlinux()) else { return Ok(None) };
     let Some(f) = btf.type_by_name::<types::Func>(name) else { return Ok(None) };
     let Some(proto) =
         btf.type_by_id::<BtfType>(f.referenced_type_id()).and_then(|t| types::FuncProto::try_from(t).ok())

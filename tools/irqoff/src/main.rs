@@ -20,7 +20,6 @@ use kdiag_shared::perf::{self, EventSpec, PerfEvent};
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{self, Inbox, Kind as Transport};
 use kdiag_shared::{cpus, maps, precheck, say, warning, Errno};
-use libbpf_rs::skel::SkelBuilder;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
@@ -67,7 +66,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
 
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
-    let mut open = IrqoffSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
+    let mut open = kdiag_shared::skel::open(IrqoffSkelBuilder::default(), &mut storage)?;
     let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
     ro.kd_use_ringbuf = transport == Transport::RingBuf;
     ro.period_ns = period.as_nanos() as u64;
@@ -154,6 +153,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
 mod tests {
     use super::*;
     use libbpf_rs::skel::OpenSkel;
+    use libbpf_rs::skel::SkelBuilder;
 
     /// No machine here has a PMU, so the NMI program never runs in tests;
     /// it must at least pass the verifier of this kernel, with both

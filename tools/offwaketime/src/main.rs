@@ -19,7 +19,6 @@ use kdiag_shared::lifecycle::Session;
 use kdiag_shared::runctl::StopReason;
 use kdiag_shared::stacks::{Form, Report, Stacks};
 use kdiag_shared::{flame, ksyms, precheck, probe, say, warning};
-use libbpf_rs::skel::SkelBuilder;
 use report::{Entry, Layout};
 use std::mem::MaybeUninit;
 use std::path::Path;
@@ -62,10 +61,10 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         probe::kernel_supports(m)
     })?;
     let mech = choice.mechanism;
-    let btf = libbpf_rs::btf::Btf::from_vmlinux().ok();
+    let btf = kdiag_shared::btf::vmlinux().ok();
 
     let mut storage = MaybeUninit::uninit();
-    let mut open = OffwaketimeSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
+    let mut open = kdiag_shared::skel::open(OffwaketimeSkelBuilder::default(), &mut storage)?;
     open.maps.stacks.set_max_entries(cli.stacks.stack_storage_size).context("sizing the stack map")?;
     let ro = open.maps.rodata_data.as_deref_mut().context("BPF object has no rodata")?;
     cli.configure(ro);
