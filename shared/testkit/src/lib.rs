@@ -334,7 +334,9 @@ pub fn stop_once(bin: &str, args: &[&str], sig: (i32, &str), delay: Duration, si
             break st;
         }
         watch(&mut held);
-        if sent.is_none() && started.elapsed() >= delay && catches_stop_signals(pid) {
+        // A tool that never takes the signals gets them anyway, late.
+        let ready = catches_stop_signals(pid) || started.elapsed() > delay + Duration::from_secs(2);
+        if sent.is_none() && started.elapsed() >= delay && ready {
             // SAFETY: kill(2) on our own child, which has not been reaped.
             unsafe { libc::kill(pid as i32, sig.0) };
             sent = Some(Instant::now());
