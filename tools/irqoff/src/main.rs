@@ -4,6 +4,7 @@
 mod cli;
 mod params;
 mod report;
+mod steal;
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/irqoff.skel.rs"));
@@ -77,6 +78,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     .map_err(|e| anyhow!(e))?;
     let hw = choice.mechanism == Mechanism::PerfHw;
 
+    let steal = steal::Steal::locate();
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
     let mut open = IrqoffSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
@@ -87,12 +89,15 @@ fn run(cli: cli::Cli) -> Result<()> {
     ro.ongoing_ns = params::ongoing_after(threshold).as_nanos() as u64;
     ro.max_per_sec = cli.max_rate;
     ro.hw_mode = hw;
+    ro.steal_on = steal.readable();
+    ro.steal_rq_delta = steal.rq_delta();
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).map_err(|e| anyhow!(e))?;
     transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf).map_err(|e| anyhow!(e))?;
     if !hw {
         open.progs.irqoff_nmi.set_autoload(false);
     }
     let skel = open.load().context("loading the BPF programs")?;
+    steal.fill(&skel.maps.steal_at).context("giving the BPF side the steal clocks")?;
 
     let attach = |evs: &[PerfEvent], prog: &libbpf_rs::ProgramMut| -> Result<()> {
         for ev in evs {
@@ -112,6 +117,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     let rc = RunControl::start(cli.duration).context("installing signal handlers")?;
     let mode = if hw { "hardware NMI" } else { "software cpu-clock" };
     eprintln!("irqoff: {mode} mode, resolution {} us: {}", period.as_micros(), choice.explain());
+    eprintln!("irqoff: {}", steal.explain());
     if let Err(e) = &idle_link {
         eprintln!(
             "irqoff: warning: cannot follow idle time (power:cpu_idle: {}); late timers on idle \
@@ -153,14 +159,16 @@ fn run(cli: cli::Cli) -> Result<()> {
             break r;
         }
         stream.poll(rc.poll_timeout(Duration::from_millis(200))).map_err(|e| anyhow!(e))?;
-        reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json)?;
+        reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json, &steal)?;
     };
     // Events already in the buffer when the run ended still belong to it.
     stream.poll(Duration::ZERO).map_err(|e| anyhow!(e))?;
-    reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json)?;
+    reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json, &steal)?;
 
     let stats = read_stats(&skel.maps.stats, &cpus)?;
-    let summary = summarize(&stats, &cpus, mode, &rc, reason.to_string(), threshold, period, reported, stream.lost());
+    let mut summary =
+        summarize(&stats, &cpus, mode, &rc, reason.to_string(), threshold, period, reported, stream.lost());
+    summary.steal = steal.state();
     if cli.json {
         sink.json(&summary)?;
     } else {
@@ -183,10 +191,12 @@ fn flush(
     symbolizer: &mut Symbolizer,
     sink: &mut Sink,
     json: bool,
+    steal: &steal::Steal,
 ) -> Result<u64> {
     let batch = std::mem::take(&mut *pending.borrow_mut());
     for ev in &batch {
-        let rec = to_record(ev, wall, symbolizer);
+        let mut rec = to_record(ev, wall, symbolizer);
+        rec.steal_us = (steal.state() != "unknown").then_some(ev.steal_ns / 1000);
         if json {
             sink.json(&rec)?;
         } else {
@@ -213,6 +223,7 @@ fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -
         pid: ev.pid,
         tid: ev.tid,
         lat_us: ev.lat_ns / 1000,
+        steal_us: None,
         stack_of: if ev.stack_of == 1 { StackOf::Holder } else { StackOf::Reenabler },
         stack: frames,
         stack_error,
@@ -266,6 +277,9 @@ fn summarize(
         rate_limited: sum(|s| s.rate_limited),
         lost: sum(|s| s.lost + s.nmi_lost) + transport_lost,
         stack_failed: sum(|s| s.stack_failed + s.nmi_stack_failed),
+        steal: "unknown",
+        steal_explained: sum(|s| s.steal_explained),
+        steal_failed: sum(|s| s.steal_failed),
         per_cpu: stats
             .iter()
             .zip(cpus)
@@ -275,6 +289,7 @@ fn summarize(
                 windows: s.windows,
                 max_us: s.lat_max_ns / 1000,
                 avg_us: if s.windows > 0 { s.lat_sum_ns / s.windows / 1000 } else { 0 },
+                steal_us: s.steal_ns / 1000,
             })
             .collect(),
         hist_us: hist,
@@ -295,6 +310,9 @@ mod tests {
             let mut open = IrqoffSkelBuilder::default().open(&mut storage).unwrap();
             let ro = open.maps.rodata_data.as_deref_mut().unwrap();
             ro.hw_mode = true;
+            // The steal clock's code too: pruned unless switched on.
+            ro.steal_on = true;
+            ro.steal_rq_delta = -1;
             ro.kd_use_ringbuf = transport == Transport::RingBuf;
             transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).unwrap();
             transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf).unwrap();
