@@ -9,6 +9,7 @@ mod decode;
 mod dmesg;
 mod episode;
 mod gfp;
+mod logline;
 mod offline;
 mod stats;
 mod tpformat;
@@ -45,13 +46,13 @@ fn main() {
     let cli: cli::Cli = kdiag_shared::args::parse("compactwatch");
     if let Err(e) = run(cli) {
         eprintln!("compactwatch: {e:#}");
-        std::process::exit(1);
+        std::process::exit(if e.is::<offline::BadInput>() { 2 } else { 1 });
     }
 }
 
 fn run(cli: cli::Cli) -> Result<()> {
     if let Some(path) = &cli.from_dmesg {
-        return from_dmesg(path, &cli);
+        return offline::run(path, &cli);
     }
     precheck::check(precheck::Needs { btf: true, tracefs: true }).map_err(|e| anyhow!(e))?;
     let tfs = precheck::tracefs().map_err(|e| anyhow!(e))?;
@@ -59,48 +60,6 @@ fn run(cli: cli::Cli) -> Result<()> {
     let kernel = KernelVersion::running().context("cannot read the kernel release")?;
     let algo = cli.algo.0.unwrap_or_else(|| Algo::for_kernel(kernel));
     live(cli, dec, kernel, algo)
-}
-
-fn from_dmesg(path: &std::path::Path, cli: &cli::Cli) -> Result<()> {
-    let text = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-    let report = dmesg::parse(&String::from_utf8_lossy(&text)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    // Names in a modern report are given meaning by the running kernel's
-    // table, when there is one to read.
-    let live = precheck::tracefs().ok().map(|t| Decoders::load(&t).gfp);
-    let a = offline::analyse(report, cli.algo.0, live.as_ref());
-    let advice = advice::advise(&a.verdict, &advice::Knobs::default());
-    let mut sink = Sink::stdout();
-    if cli.json {
-        sink.json(&json!({
-            "type": "verdict",
-            "source": path.display().to_string(),
-            "comm": a.report.comm,
-            "pid": a.report.pid,
-            "caller": a.report.caller(),
-            "gfp_names_from": a.gfp_source,
-            "verdict": a.verdict,
-            "advice": advice,
-        }))?;
-        return Ok(());
-    }
-    let mut s = format!(
-        "FAIL (from {}) {} pid {}: order {} mode {:#x}, caller {}\n",
-        path.display(),
-        a.report.comm,
-        a.report.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-        a.report.order,
-        a.report.mode,
-        a.report.caller().unwrap_or("[unknown]")
-    );
-    if let Some(src) = a.gfp_source {
-        s += &format!("  GFP names from the {src}\n");
-    }
-    s += &a.verdict.text();
-    for l in &advice {
-        s += &format!("  advice: {l}\n");
-    }
-    sink.text(&s)?;
-    Ok(())
 }
 
 /// Everything the output stage needs besides the event.
