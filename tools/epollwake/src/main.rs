@@ -4,6 +4,7 @@
 mod cli;
 mod events;
 mod fdmap;
+mod groups;
 mod herd;
 mod kallsyms;
 mod mask;
