@@ -124,7 +124,7 @@ fn remove_stale(instances: &Path, tool: &str) {
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Err(e) = teardown(&self.dir) {
-            eprintln!("warning: could not remove trace instance {}: {e}", self.dir.display());
+            crate::warning!("could not remove trace instance {}: {e}", self.dir.display());
         }
     }
 }

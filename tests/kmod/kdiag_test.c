@@ -23,7 +23,9 @@
  *                   too; ordinary allocations cannot use them either.
  *   frag_held       read: pages held by the fragmentation
  *   alloc_order, alloc_count, alloc_gfp ("kernel", "nofs" or "noio",
- *                   optionally followed by ",noretry")
+ *                   optionally followed by ",noretry"; ",warn" leaves out
+ *                   __GFP_NOWARN, so a failure prints the kernel's "page
+ *                   allocation failure" report)
  *   alloc           write 1: allocate alloc_count blocks of alloc_order with
  *                   alloc_gfp, then free them
  *   alloc_ok, alloc_failed  read: results of the last alloc
@@ -265,7 +267,7 @@ static int parse_gfp(const char *s, gfp_t *out)
 {
 	char buf[sizeof(alloc_gfp)], *p = buf, *tok;
 	gfp_t gfp = 0;
-	bool base = false;
+	bool base = false, warn = false;
 
 	strscpy(buf, s, sizeof(buf));
 	while ((tok = strsep(&p, ",|+ \n"))) {
@@ -279,12 +281,14 @@ static int parse_gfp(const char *s, gfp_t *out)
 			gfp |= GFP_NOIO, base = true;
 		else if (!strcmp(tok, "noretry"))
 			gfp |= __GFP_NORETRY;
+		else if (!strcmp(tok, "warn"))
+			warn = true;
 		else
 			return -EINVAL;
 	}
 	if (!base)
 		return -EINVAL;
-	*out = gfp | __GFP_NOWARN;
+	*out = warn ? gfp : gfp | __GFP_NOWARN;
 	return 0;
 }
 

@@ -27,6 +27,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// What only the tests use: a real epoll server and a load generator for
+/// epollwake's summary test (tools/epollwake/tests/nginx).
+pub const TEST_PACKAGES: &[&str] = &["nginx-light", "apache2-utils"];
+
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn installed(pkg: &str) -> bool {

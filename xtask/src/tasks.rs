@@ -87,6 +87,7 @@ fn cargo_test(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
 }
 
 pub fn test() -> Result<()> {
+    crate::setup::apt_install(crate::setup::TEST_PACKAGES)?;
     let mut tally = Tally::default();
     let result = run_suites(&mut tally);
     // The closing line CI and people read, also when a suite failed.

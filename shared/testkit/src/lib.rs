@@ -11,9 +11,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A tool running in the background, its stderr read line by line.
+/// A tool running in the background, its stderr read line by line and its
+/// stdout as it comes: a tool blocked on a full pipe would stop draining
+/// its BPF buffers and lose events that the test counts.
 pub struct Running {
     pub child: Child,
+    stdout: Option<thread::JoinHandle<String>>,
     stderr_lines: mpsc::Receiver<String>,
     pub stderr: Vec<String>,
 }
@@ -51,6 +54,12 @@ pub fn spawn_with_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Running
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let stdout = thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -60,7 +69,7 @@ pub fn spawn_with_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Running
             }
         }
     });
-    Running { child, stderr_lines: rx, stderr: vec![] }
+    Running { child, stdout: Some(stdout), stderr_lines: rx, stderr: vec![] }
 }
 
 /// Run to completion.
@@ -110,8 +119,7 @@ impl Running {
 
     /// Wait for exit and collect the output.
     pub fn wait(mut self) -> Output {
-        let mut stdout = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let stdout = self.stdout.take().unwrap().join().unwrap();
         let status = self.child.wait().unwrap();
         self.stderr.extend(self.stderr_lines.iter());
         Output { status, stdout, stderr: self.stderr.join("\n") }

@@ -12,11 +12,16 @@
 //! Every fail record must be followed by a verdict record, and in every
 //! case the summary's order-5 failures are exactly the module's count and
 //! no record is lost.
+//! Then the same GFP_NOIO allocation without __GFP_NOWARN: the kernel
+//! prints its own "page allocation failure" report, which is read back
+//! from the kernel log, printed on the console (KDIAG-DMESG lines: the
+//! host keeps it as a fixture) and given to `compactwatch --from-dmesg`.
 
 use crate::sys::{self, Kmod};
 use crate::tool::{run_tool, Run};
 use crate::{Ctx, Reporter};
 use serde_json::Value;
+use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -158,6 +163,84 @@ fn try_case(gfp: &str, count: u32, judge: fn(&[Value]) -> bool) -> (bool, String
     (good, detail)
 }
 
+/// The kernel log as `dmesg -r` prints it ("<4>[   12.345678] text").
+fn kernel_log() -> std::io::Result<String> {
+    const SYSLOG_ACTION_READ_ALL: i32 = 3;
+    const SYSLOG_ACTION_SIZE_BUFFER: i32 = 10;
+    // SAFETY: SIZE_BUFFER takes no buffer.
+    let size = unsafe { libc::klogctl(SYSLOG_ACTION_SIZE_BUFFER, std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; size as usize];
+    // SAFETY: buf is valid for size bytes.
+    let n = unsafe { libc::klogctl(SYSLOG_ACTION_READ_ALL, buf.as_mut_ptr().cast(), size) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The module's order-5 GFP_NOIO allocation, this time reported by the
+/// kernel; compactwatch must reach the live path's conclusion from the
+/// text alone: compaction not attempted for want of __GFP_IO, and the
+/// order-5 check failing in every zone the allocation may use.
+fn from_dmesg(rep: &mut Reporter) {
+    let name = "compactwatch.from-dmesg";
+    let failed = allocate("noio,warn", 1).map(|(_, failed)| failed);
+    let log = match (failed, kernel_log()) {
+        (Ok(1), Ok(log)) => log,
+        (f, l) => return rep.fail(name, format!("allocation failures {f:?}, kernel log {:?}", l.map(|l| l.len()))),
+    };
+    let Some(start) = log.rfind(": page allocation failure: order:5") else {
+        return rep.fail(name, "no page allocation failure report in the kernel log");
+    };
+    let start = log[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let report = &log[start..];
+    {
+        let mut out = std::io::stdout().lock();
+        for l in report.lines() {
+            let _ = writeln!(out, "KDIAG-DMESG {l}");
+        }
+    }
+    let path = "/tmp/kdiag-dmesg.txt";
+    if let Err(e) = std::fs::write(path, report) {
+        return rep.fail(name, format!("writing {path}: {e}"));
+    }
+    let out = match std::process::Command::new("/bin/compactwatch").args(["--from-dmesg", path, "--json"]).output() {
+        Ok(o) => o,
+        Err(e) => return rep.fail(name, format!("cannot run compactwatch: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = stdout.lines().next().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    let verdict = &v["verdict"];
+    let zones = verdict["zones"].as_array().cloned().unwrap_or_default();
+    let good = out.status.success()
+        && v["type"] == "verdict"
+        && verdict["request"]["order"] == ORDER
+        && verdict["request"]["gfp_text"].as_str().is_some_and(|g| g.contains("GFP_NOIO"))
+        && verdict["compaction_forbidden"].as_str().is_some_and(|w| w.contains("lacks __GFP_IO"))
+        && v["caller"].as_str().is_some_and(|c| c.contains("kdiag_test"))
+        && !zones.is_empty()
+        && zones.iter().all(|z| z["check"]["ok"] == false);
+    rep.result(
+        name,
+        good,
+        format!(
+            "{} lines of report; exit {}; kernel {} gfp {} caller {} compaction {}; zones: [{}]; stderr: {}",
+            report.lines().count(),
+            out.status,
+            verdict["request"]["kernel"],
+            verdict["request"]["gfp_text"],
+            v["caller"],
+            verdict["compaction_forbidden"],
+            zones.iter().map(|z| format!("{} ok {}", z["zone"], z["check"]["ok"])).collect::<Vec<_>>().join(", "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    );
+}
+
 pub fn run(_: &Ctx, rep: &mut Reporter) {
     if !Kmod::loaded() {
         return rep.fail("compactwatch", "kdiag_test is not loaded");
@@ -187,6 +270,7 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
     case(rep, "kernel,noretry", 1024, 1, |rs| {
         rs.iter().any(|r| r["type"] == "fail" && r["stall"].is_object()) && flood_held_back(rs)
     });
+    from_dmesg(rep);
     // Leave memory as the other tests expect it, and fork() working.
     let released = Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"));
     if let Ok(v) = &min_free {

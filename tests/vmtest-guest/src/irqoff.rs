@@ -94,6 +94,14 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
         return rep.fail("irqoff", format!("not ready after 30 s ({status:?}); stderr: {}", err.join(" | ")));
     }
     rep.pass("irqoff.banner", err.join(" | "));
+    // TCG emulates no KVM steal clock: the banner must say windows may hold
+    // the host's time, rather than claim to have taken it out.
+    let steal_line = err.iter().find(|l| l.contains("steal time:")).cloned().unwrap_or_default();
+    rep.result(
+        "irqoff.steal-unknown",
+        steal_line.contains("steal time: unknown") && steal_line.contains("windows may include time the hypervisor"),
+        steal_line,
+    );
 
     let mut injected = Vec::new();
     for ms in WINDOWS_MS {
@@ -143,6 +151,15 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
     let records: Vec<Value> = out.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let windows: Vec<&Value> = records.iter().filter(|r| r["type"] == "window").collect();
     let summary = records.iter().find(|r| r["type"] == "summary");
+    rep.result(
+        "irqoff.steal-not-claimed",
+        summary.is_some_and(|s| s["steal"] == "unknown") && windows.iter().all(|w| w["steal_us"].is_null()),
+        format!(
+            "summary steal {:?}; windows' steal_us: {:?}",
+            summary.map(|s| &s["steal"]),
+            windows.iter().map(|w| &w["steal_us"]).collect::<Vec<_>>()
+        ),
+    );
     let exited_ok = matches!(&status, Ok(s) if s.success());
     rep.result(
         "irqoff.exit",

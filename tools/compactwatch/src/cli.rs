@@ -59,13 +59,19 @@ stack_failed.
 --from-dmesg FILE reads a saved 'page allocation failure' report (with its
 Mem-Info block) and prints the same verdict for that moment; the kernel
 version, if the report does not show it, is inferred and the reasons
-printed.
+printed. FILE may be dmesg output (also -T, -r, -x), journalctl -k in any
+of its time formats, a syslog file such as /var/log/messages (rsyslog's
+#012 escapes included), or a listing with a number before each line; - is
+stdin. Kernels 3.10 to 6.x. Of several reports the newest is analysed
+(--all: each, newest first); a nodemask, or the cpuset's mems_allowed for
+__GFP_HARDWALL masks, leaves other nodes' zones out of the verdict.
 
 Examples:
   compactwatch                      order >= 4 until Ctrl-C
   compactwatch --order 9 --stack 60 THP-sized allocations for a minute
   compactwatch -p 1234 --interval 10  one process, a verdict every 10 s
-  compactwatch --from-dmesg /var/log/messages.1";
+  compactwatch --from-dmesg /var/log/messages.1
+  journalctl -k -b -1 | compactwatch --from-dmesg - --all";
 
 /// Explain high-order allocation stalls and failures: reclaim, compaction,
 /// and the zone watermark verdict.
@@ -92,9 +98,15 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
-    /// Analyse a saved page allocation failure report instead of tracing.
+    /// Analyse a saved page allocation failure report instead of tracing
+    /// (- reads stdin).
     #[arg(long = "from-dmesg", value_name = "FILE")]
     pub from_dmesg: Option<PathBuf>,
+
+    /// With --from-dmesg: every report in the file, newest first, not
+    /// only the newest.
+    #[arg(long, requires = "from_dmesg")]
+    pub all: bool,
 
     /// Watermark algorithm: auto (by kernel version), pre-4.4 or modern.
     #[arg(long, value_name = "auto|pre-4.4|modern", default_value = "auto", value_parser = parse_algo)]

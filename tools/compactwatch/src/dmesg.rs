@@ -1,21 +1,34 @@
-//! A saved "page allocation failure" report (dmesg, /var/log/messages,
-//! journalctl -k): the failing task, order and mode, the call trace, and
-//! the Mem-Info block's per-zone free pages, watermarks, lowmem reserves
-//! and free-area counts. Reports from the field are often mangled: syslog
-//! prefixes, rsyslog's `#012` for embedded newlines, lines cut at a fixed
-//! width. A cut line yields what it shows and marks the rest unknown, so
+//! Saved "page allocation failure" reports (dmesg, /var/log/messages,
+//! journalctl -k; logline.rs takes off what the log put around them): for
+//! each, the failing task, order and mode, the call trace, and the Mem-Info
+//! block's per-zone free pages, watermarks, lowmem reserves and free-area
+//! counts, as kernels from 3.10 to 6.x print them. Reports from the field
+//! are often mangled: lines cut at a fixed width, other messages in
+//! between. A cut line yields what it shows and marks the rest unknown, so
 //! the verdict never rests on a number the report did not contain.
 
 use crate::gfp::KernelVersion;
+use crate::logline;
 use crate::zoneinfo::Zone;
+
+/// What is looked for, said when a file has none.
+pub const WANTED: &str =
+    "a line 'COMM: page allocation failure: order:N, mode:0x...' in dmesg, journalctl or syslog form";
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
+    /// The log's time of the report's first line, as the log wrote it.
+    pub stamp: Option<String>,
     pub comm: String,
     pub order: u32,
     pub mode: u64,
     /// `GFP_NOFS|__GFP_COMP` when the kernel printed names (4.10+).
     pub mode_names: Option<String>,
+    /// `nodemask=`, `cpuset=` and `mems_allowed=` of the header (4.x+);
+    /// None when not printed, `(null)` kept as printed.
+    pub nodemask: Option<String>,
+    pub cpuset: Option<String>,
+    pub mems_allowed: Option<String>,
     pub kernel: Option<String>,
     pub pid: Option<u32>,
     /// Function names, innermost first, with their module if any.
@@ -75,27 +88,9 @@ pub fn is_allocator_frame(f: &str) -> bool {
     ALLOCATOR.iter().any(|a| f.starts_with(a))
 }
 
-/// Remove what syslog and the kernel put in front of the message.
-fn strip_prefix(line: &str) -> &str {
-    let mut l = line;
-    if let Some(i) = l.find(" kernel: ") {
-        l = &l[i + 9..];
-    }
-    let t = l.trim_start();
-    if t.starts_with('[') {
-        // "[12345.678901] ", but not a call-trace "[<ffff...>]".
-        if let Some(end) = t.find(']') {
-            let inner = &t[1..end];
-            if !inner.starts_with('<') && inner.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
-                return t[end + 1..].trim_start();
-            }
-        }
-    }
-    t
-}
-
+/// "15864kB"; 6.x prints "reserved_highatomic:0KB".
 fn kb(v: &str) -> Option<i64> {
-    v.strip_suffix("kB")?.parse().ok()
+    v.strip_suffix("kB").or_else(|| v.strip_suffix("KB"))?.parse().ok()
 }
 
 fn zone_index(name: &str, seen_before: usize) -> usize {
@@ -129,6 +124,7 @@ fn zone_line(l: &str) -> Option<Zone> {
             "high" => z.high = pages,
             "free_cma" => z.free_cma = pages,
             "managed" => z.managed = pages,
+            "reserved_highatomic" => z.highatomic = pages,
             _ => {}
         }
     }
@@ -168,42 +164,75 @@ fn buddy_line(l: &str) -> Option<(u32, String, Vec<Option<u64>>)> {
     (!nr.is_empty()).then_some((node, name, nr))
 }
 
+/// Where the header's fields start: after "COMM: page allocation failure: "
+/// (2.6.32 and older RHEL kernels print a '.' for the second ':').
+fn header_fields(msg: &str) -> Option<(usize, usize)> {
+    const HEADER: &str = ": page allocation failure";
+    let i = msg.find(HEADER)?;
+    let rest = &msg[i + HEADER.len()..];
+    (rest.starts_with(": ") || rest.starts_with(". ")).then_some((i, i + HEADER.len() + 2))
+}
+
+/// Every report in `text`, oldest first as logs are written: Err when there
+/// is none, else each one parsed or the reason it cannot be used.
+pub fn parse_all(text: &str) -> Result<Vec<Result<Report, String>>, String> {
+    let lines = logline::lines(text);
+    let starts: Vec<usize> =
+        lines.iter().enumerate().filter(|(_, l)| header_fields(&l.msg).is_some()).map(|(i, _)| i).collect();
+    if starts.is_empty() {
+        return Err(format!("no page allocation failure report found (looked for {WANTED})"));
+    }
+    let ends = starts.iter().skip(1).copied().chain([lines.len()]);
+    Ok(starts.iter().zip(ends).map(|(&a, b)| parse_one(&lines[a..b])).collect())
+}
+
+/// The newest usable report; tests and callers that want just one.
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Report, String> {
-    let mut r = Report::default();
-    let mut found = false;
-    let lines: Vec<String> = text.lines().flat_map(|l| l.split("#012")).map(|l| strip_prefix(l).to_string()).collect();
-    for l in &lines {
-        if let Some(i) = l.find(": page allocation failure: ") {
-            if found {
-                // Only the first report; a saved log may hold several.
-                break;
-            }
-            found = true;
-            r.comm = l[..i].trim().to_string();
-            let rest = &l[i + 27..];
-            for part in rest.split(", ") {
-                if let Some(o) = part.strip_prefix("order:") {
-                    r.order = o.trim().parse().map_err(|_| format!("bad order in '{l}'"))?;
-                }
-                if let Some(m) = part.strip_prefix("mode:") {
-                    let m = m.trim();
-                    let (hex, names) = match m.split_once('(') {
-                        Some((h, n)) => (h, Some(n.trim_end_matches([')', ',']).to_string())),
-                        None => (m.split(',').next().unwrap_or(m), None),
-                    };
-                    r.mode = u64::from_str_radix(hex.trim_start_matches("0x"), 16)
-                        .map_err(|_| format!("bad mode in '{l}'"))?;
-                    r.mode_names = names;
-                }
-            }
-            continue;
+    let mut all = parse_all(text)?;
+    let newest = all.iter().rposition(Result::is_ok).unwrap_or(all.len() - 1);
+    all.swap_remove(newest)
+}
+
+/// "order:5, mode:0x40c40(GFP_NOFS|__GFP_COMP), nodemask=(null),cpuset=/,mems_allowed=0"
+fn header(r: &mut Report, l: &str) -> Result<(), String> {
+    let (i, fields) = header_fields(l).unwrap_or_default();
+    r.comm = l[..i].trim().to_string();
+    let rest = &l[fields..];
+    let mode = rest.find("mode:").map(|m| &rest[m + 5..]).ok_or_else(|| format!("no mode in '{l}'"))?;
+    let hex_len = mode.find(|c: char| !c.is_ascii_hexdigit() && c != 'x').unwrap_or(mode.len());
+    r.mode =
+        u64::from_str_radix(mode[..hex_len].trim_start_matches("0x"), 16).map_err(|_| format!("bad mode in '{l}'"))?;
+    // Names only when the line was not cut inside them.
+    r.mode_names = mode[hex_len..]
+        .strip_prefix('(')
+        .and_then(|n| n.split_once(')'))
+        .map(|(n, _)| n.to_string())
+        .filter(|n| !n.is_empty() && n != "none");
+    // Names are joined by '|': commas separate the fields.
+    for part in rest.split(',').map(str::trim) {
+        if let Some(o) = part.strip_prefix("order:") {
+            r.order = o.parse().map_err(|_| format!("bad order in '{l}'"))?;
+        } else if let Some(v) = part.strip_prefix("nodemask=") {
+            r.nodemask = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("cpuset=") {
+            r.cpuset = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("mems_allowed=") {
+            r.mems_allowed = Some(v.to_string());
         }
-        if !found {
-            continue;
-        }
-        if let Some(rest) = l.strip_prefix("CPU: ") {
-            let toks: Vec<&str> = rest.split_whitespace().collect();
-            r.pid = toks.iter().position(|t| *t == "PID:").and_then(|i| toks.get(i + 1)?.parse().ok());
+    }
+    Ok(())
+}
+
+fn parse_one(lines: &[logline::Line]) -> Result<Report, String> {
+    let mut r = Report { stamp: lines[0].stamp.clone(), ..Report::default() };
+    header(&mut r, &lines[0].msg)?;
+    for l in lines[1..].iter().map(|l| l.msg.as_str()) {
+        // "CPU: 3 PID: 812 Comm: ..." (3.10+), "Pid: 812, comm: ..." before.
+        if let Some(rest) = l.strip_prefix("CPU: ").or_else(|| l.strip_prefix("Pid: ").map(|_| l)) {
+            let toks: Vec<&str> = rest.split_whitespace().map(|t| t.trim_end_matches(',')).collect();
+            let pid = toks.iter().position(|t| *t == "PID:" || *t == "Pid:");
+            r.pid = pid.and_then(|i| toks.get(i + 1)?.parse().ok());
             r.kernel = toks
                 .iter()
                 .find(|t| t.matches('.').count() >= 2 && KernelVersion::parse(t).is_some())
@@ -231,9 +260,6 @@ pub fn parse(text: &str) -> Result<Report, String> {
             }
         }
     }
-    if !found {
-        return Err("no 'page allocation failure' line in the file".into());
-    }
     if r.zones.is_empty() {
         return Err("the report has no Mem-Info zone lines (Node N ZONE free:...kB min:...kB)".into());
     }
@@ -241,13 +267,21 @@ pub fn parse(text: &str) -> Result<Report, String> {
 }
 
 /// "[<ffffffff81686b13>] dump_stack+0x19/0x1b" or " dump_stack_lvl+0x5d/0x80"
-/// (4.x+ print no address) -> "dump_stack", with " [module]" kept.
+/// (4.x+ print no address) -> "dump_stack", with " [module]" kept; None
+/// for anything else, "? " guesses included.
 fn trace_frame(l: &str) -> Option<String> {
+    // Before 4.x an interrupt's frames come after "<IRQ>  " or "<EOI>  ".
     let t = l.trim_start();
+    let t = t.strip_prefix("<IRQ>").or_else(|| t.strip_prefix("<EOI>")).unwrap_or(t).trim_start();
     let t = match t.strip_prefix("[<") {
         Some(r) => r.split_once(">]")?.1.trim_start(),
-        None => t.strip_prefix("? ").unwrap_or(t),
+        None => t,
     };
+    // "? sym": a stale return address the unwinder found on the stack, not
+    // a frame; it must not be taken for the caller.
+    if t.starts_with("? ") {
+        return None;
+    }
     let (sym, rest) = t.split_once('+')?;
     let off = rest.split_whitespace().next()?;
     if !off.starts_with("0x") || !off.contains('/') || sym.contains(' ') || sym.is_empty() {
@@ -265,6 +299,140 @@ mod tests {
     use super::*;
 
     pub const SEED: &str = include_str!("../tests/fixtures/seed-004-centos7-order5-nofs.txt");
+    /// Captured from Debian's 6.12 in the guest tests, as `dmesg -r` prints.
+    pub const DEBIAN_612: &str = include_str!("../tests/fixtures/debian-6.12-order5-noio.txt");
+    pub const DEBIAN_61: &str = include_str!("../tests/fixtures/debian-6.1-order5-noio.txt");
+
+    /// The seed's lines as each kind of log would have them.
+    fn every_form_of(text: &str) -> Vec<(&'static str, String)> {
+        let each = |f: &dyn Fn(usize, &str) -> String| text.lines().enumerate().map(|(i, l)| f(i, l) + "\n").collect();
+        let ts = |i: usize| format!("[{:>5}.{:06}]", 81234 + i / 1000, i * 7 % 1_000_000);
+        let mut forms: Vec<(&str, String)> = vec![
+            ("plain", text.to_string()),
+            ("dmesg", each(&|i, l| format!("{} {l}", ts(i)))),
+            ("dmesg -T", each(&|_, l| format!("[Tue Oct  6 10:11:12 2020] {l}"))),
+            ("dmesg -r", each(&|i, l| format!("<4>{} {l}", ts(i)))),
+            ("dmesg -x", each(&|i, l| format!("kern  :warn  : {} {l}", ts(i)))),
+            ("journalctl -k", each(&|_, l| format!("Oct 06 10:11:12 ceph7 kernel: {l}"))),
+            ("journalctl -o short-precise", each(&|i, l| format!("Oct 06 10:11:12.{:06} ceph7 kernel: {l}", i * 13))),
+            ("journalctl -o short-iso", each(&|_, l| format!("2020-10-06T10:11:12+0800 ceph7 kernel: {l}"))),
+            ("syslog", each(&|i, l| format!("Oct  6 10:11:12 ceph7 kernel: {} {l}", ts(i)))),
+            // As the article printed it: a number before every line.
+            ("numbered", each(&|i, l| format!("{} {l}", i + 1))),
+            ("cat -n", each(&|i, l| format!("{:>6}\t{l}", i + 1))),
+        ];
+        // rsyslog with one message holding the whole Mem-Info block.
+        let (head, mem) = text.split_at(text.find("Mem-Info:").unwrap());
+        let joined = mem.lines().collect::<Vec<_>>().join("#012");
+        let messages = head.lines().map(|l| format!("Oct  6 10:11:12 ceph7 kernel: {l}\n")).collect::<String>()
+            + &format!("Oct  6 10:11:12 ceph7 kernel: {joined}\n");
+        forms.push(("rsyslog #012", messages));
+        forms
+    }
+
+    #[test]
+    fn every_log_form_gives_the_same_report() {
+        for text in [SEED, DEBIAN_612, DEBIAN_61] {
+            let want = Report { stamp: None, ..parse(text).unwrap() };
+            // The kernel's own lines, whatever log they were captured from.
+            let bare: String = logline::lines(text).into_iter().map(|l| l.msg + "\n").collect();
+            for (form, t) in every_form_of(&bare) {
+                let got = parse(&t).unwrap_or_else(|e| panic!("{form}: {e}"));
+                assert_eq!(Report { stamp: None, ..got }, want, "{form}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_stamp_is_the_logs() {
+        let forms = every_form_of(SEED);
+        let stamp = |form: &str| parse(&forms.iter().find(|(f, _)| *f == form).unwrap().1).unwrap().stamp;
+        assert_eq!(stamp("dmesg -T").as_deref(), Some("[Tue Oct  6 10:11:12 2020]"));
+        assert_eq!(stamp("journalctl -k").as_deref(), Some("Oct 06 10:11:12"));
+        assert_eq!(stamp("dmesg").as_deref(), Some("[81234.000000]"));
+        assert_eq!(stamp("plain"), None);
+    }
+
+    /// What Debian's 6.12 printed for the test module's order-5 GFP_NOIO
+    /// allocation: named mode, nodemask/cpuset/mems_allowed, "UID:" in the
+    /// CPU line, frames inside <TASK>, boost: and reserved_highatomic:.
+    #[test]
+    fn a_real_6_12_report() {
+        let r = parse(DEBIAN_612).unwrap();
+        assert_eq!((r.comm.as_str(), r.order, r.mode), ("init", 5, 0xc00));
+        assert_eq!(r.mode_names.as_deref(), Some("GFP_NOIO"));
+        assert_eq!(
+            (r.nodemask.as_deref(), r.cpuset.as_deref(), r.mems_allowed.as_deref()),
+            (Some("(null)"), Some("/"), Some("0"))
+        );
+        assert_eq!((r.pid, r.kernel.as_deref()), (Some(1), Some("6.12.118+deb12-amd64")));
+        assert_eq!(r.stamp.as_deref(), Some("[37.707503]"));
+        assert_eq!(r.caller(), Some("alloc_set [kdiag_test]"));
+        // "? " guesses are not frames.
+        assert!(!r.trace.iter().any(|f| f.contains("do_sys_openat2") || f.contains("direct_compact")), "{:?}", r.trace);
+        assert_eq!(r.trace.first().map(String::as_str), Some("dump_stack_lvl"));
+        let labels: Vec<String> = r.zones.iter().map(|z| z.label()).collect();
+        assert_eq!(labels, ["Node 0 DMA", "Node 0 DMA32"]);
+        let dma32 = &r.zones[1];
+        assert_eq!((dma32.free, dma32.min, dma32.low, dma32.high, dma32.managed), (50222, 247, 361, 475, 114449));
+        assert_eq!(dma32.protection, vec![0, 0, 0, 0, 0]);
+        assert_eq!(&dma32.nr_free[..3], &[Some(248), Some(24987), Some(0)]);
+        assert_eq!(dma32.nr_free.len(), 11);
+    }
+
+    /// Debian's 6.1: no "UID:" in the CPU line.
+    #[test]
+    fn a_real_6_1_report() {
+        let r = parse(DEBIAN_61).unwrap();
+        assert_eq!((r.comm.as_str(), r.order, r.mode_names.as_deref()), ("init", 5, Some("GFP_NOIO")));
+        assert_eq!((r.pid, r.kernel.as_deref()), (Some(1), Some("6.1.0-57-amd64")));
+        assert_eq!(r.caller(), Some("alloc_set [kdiag_test]"));
+        assert_eq!(r.zones[1].label(), "Node 0 DMA32");
+        assert_eq!((r.zones[1].free, r.zones[1].protection.len()), (50068, 5));
+        assert_eq!(&r.zones[1].nr_free[..2], &[Some(62), Some(25007)]);
+    }
+
+    #[test]
+    fn several_reports_each_in_file_order() {
+        let text = format!("{SEED}some other message\n{DEBIAN_612}");
+        let all = parse_all(&text).unwrap();
+        let comms: Vec<&str> = all.iter().map(|r| r.as_ref().unwrap().comm.as_str()).collect();
+        assert_eq!(comms, ["kworker/31:0", "init"]);
+        // The seed's report stops where the next one starts.
+        assert_eq!(all[0].as_ref().unwrap().zones.len(), 4);
+        // A report cut before its Mem-Info is said to be unusable.
+        let cut = format!("x: page allocation failure: order:3, mode:0x20\n{DEBIAN_612}");
+        let all = parse_all(&cut).unwrap();
+        assert!(all[0].as_ref().unwrap_err().contains("no Mem-Info"));
+        assert_eq!(all[1].as_ref().unwrap().comm, "init");
+    }
+
+    /// Older kernels: "failure." and a "Pid:" line (2.6.32 to 3.9); frames
+    /// after <IRQ>.
+    #[test]
+    fn old_headers_and_interrupt_frames() {
+        let text = "[2313169.749777] tcpdump: page allocation failure. order:9, mode:0x20\n\
+                    [2313169.749779] Pid: 7812, comm: tcpdump Tainted: PF       W  O 3.8.0-29-generic #42\n\
+                    [2313169.749780] Call Trace:\n\
+                    [2313169.749781]  <IRQ>  [<ffffffff8113a6c6>] warn_alloc_failed+0xf6/0x150\n\
+                    [2313169.749782]  [<ffffffff811476e9>] ? wakeup_kswapd+0x69/0x160\n\
+                    [2313169.749783]  [<ffffffffa0104e3a>] alloc_dma_memory+0x8a/0xe0 [fbcapture]\n\
+                    [2313169.749790] Node 0 Normal free:2264kB min:13224kB low:16528kB high:19836kB\n";
+        let r = parse(text).unwrap();
+        assert_eq!((r.comm.as_str(), r.order, r.mode), ("tcpdump", 9, 0x20));
+        assert_eq!((r.pid, r.kernel.as_deref()), (Some(7812), Some("3.8.0-29-generic")));
+        assert_eq!(r.trace, ["warn_alloc_failed", "alloc_dma_memory [fbcapture]"]);
+    }
+
+    #[test]
+    fn highatomic_reserve_and_cut_names() {
+        let text = "x: page allocation failure: order:4, mode:0x40dc0(GFP_KERNEL|__GFP_CO\n\
+                    Node 0 Normal free:173104kB boost:4096kB min:173116kB low:186432kB high:199748kB reserved_highatomic:2048KB\n";
+        let r = parse(text).unwrap();
+        assert_eq!(r.mode, 0x40dc0);
+        assert_eq!(r.mode_names, None, "a name cut in half is no name");
+        assert_eq!(r.zones[0].highatomic, 512);
+    }
 
     #[test]
     fn seed_report() {
@@ -319,7 +487,10 @@ mod tests {
 
     #[test]
     fn unusable_files_are_one_line_errors() {
-        assert_eq!(parse("hello\n").unwrap_err(), "no 'page allocation failure' line in the file");
+        assert_eq!(
+            parse("hello\n").unwrap_err(),
+            format!("no page allocation failure report found (looked for {WANTED})")
+        );
         let e = parse("x: page allocation failure: order:3, mode:0x20\n").unwrap_err();
         assert!(e.contains("no Mem-Info"), "{e}");
         assert!(parse("x: page allocation failure: order:zz, mode:0x20\n").unwrap_err().starts_with("bad order"));

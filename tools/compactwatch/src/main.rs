@@ -10,6 +10,7 @@ mod dmesg;
 mod episode;
 mod gfp;
 mod live;
+mod logline;
 mod offline;
 mod record;
 mod stats;
@@ -49,7 +50,7 @@ fn main() {
 
 fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     if let Some(path) = &cli.from_dmesg {
-        return offline::report(path, &cli);
+        return offline::run(path, &cli);
     }
     precheck::check(precheck::Needs { btf: true, tracefs: true })?;
     let tfs = precheck::tracefs().map_err(anyhow::Error::msg)?;

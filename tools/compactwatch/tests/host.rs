@@ -11,6 +11,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_compactwatch");
 const BANNER: &str = "watching allocations";
 const START: Duration = Duration::from_secs(20);
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed-004-centos7-order5-nofs.txt");
+/// Printed by Debian's 6.12 in the guest tests (tests/vmtest-guest).
+const DEBIAN_612: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/debian-6.12-order5-noio.txt");
 /// One program and one link per tracepoint (see compactwatch.bpf.c).
 const PROGRAMS: usize = 12;
 
@@ -117,7 +119,10 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         (vec!["--algo", "3.10"], "unknown algorithm '3.10'".into()),
         (vec!["soon"], "invalid duration 'soon'".into()),
         (vec!["--from-dmesg", "/nonexistent/messages"], "cannot read /nonexistent/messages".into()),
-        (vec!["--from-dmesg", &junk_s], format!("{junk_s}: no 'page allocation failure' line in the file")),
+        (
+            vec!["--from-dmesg", &junk_s],
+            format!("{junk_s}: no page allocation failure report found (looked for a line"),
+        ),
     ];
     for (args, want) in &cases {
         let (out, progs) = run_watching_programs(BIN, args);
@@ -132,6 +137,88 @@ fn bad_input_is_one_line_and_attaches_nothing() {
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
     std::fs::remove_file(&junk).unwrap();
+}
+
+/// A file with nothing to analyse is the user's input at fault: exit 2,
+/// as for a bad flag, in one line that says what was looked for.
+#[test]
+fn unusable_reports_exit_2() {
+    let cut = std::env::temp_dir().join(format!("compactwatch-cut-{}.txt", std::process::id()));
+    std::fs::write(&cut, "Oct  6 10:11:12 h kernel: x: page allocation failure: order:3, mode:0x20\n").unwrap();
+    let cut_s = cut.to_str().unwrap().to_string();
+    for (args, want) in [
+        (vec!["--from-dmesg", "/nonexistent/messages"], "cannot read /nonexistent/messages".to_string()),
+        (vec!["--from-dmesg", "/dev/null"], "/dev/null: no page allocation failure report found (looked for a line 'COMM: page allocation failure: order:N, mode:0x...' in dmesg, journalctl or syslog form)".into()),
+        (vec!["--from-dmesg", &cut_s], format!("{cut_s}: the report has no Mem-Info zone lines")),
+    ] {
+        let out = run(BIN, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with(&format!("compactwatch: {want}")), "{args:?}: {}", out.stderr);
+    }
+    std::fs::remove_file(&cut).unwrap();
+}
+
+/// `--from-dmesg -` with the text on stdin.
+fn from_stdin(args: &[&str], text: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .args(["--from-dmesg", "-"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The report a real 6.12 kernel printed for the test module's order-5
+/// GFP_NOIO allocation, given the verdict the live tool gave in the guest.
+#[test]
+fn a_real_6_12_report_gives_the_live_verdict() {
+    let out = run(BIN, &["--from-dmesg", DEBIAN_612]);
+    assert!(out.status.success(), "{out:?}");
+    let t = &out.stdout;
+    assert!(t.contains(", logged [37.707503]) init pid 1: order 5 mode 0xc00, caller alloc_set [kdiag_test]"), "{t}");
+    assert!(t.contains("(GFP_NOIO) on kernel 6.12, modern watermark algorithm"), "{t}");
+    assert!(
+        t.contains("compaction not attempted: the mask lacks __GFP_IO (GFP_NOIO): kernel 6.12 never compacts"),
+        "{t}"
+    );
+    assert!(t.contains("order-5 watermark check FAILS in every allowed zone"), "{t}");
+    assert!(!t.contains("earlier report"), "{t}");
+}
+
+/// Several reports on stdin: the newest by default, each newest first with
+/// --all; the same from a journalctl-style capture of them.
+#[test]
+fn several_reports_newest_first() {
+    let both = std::fs::read_to_string(SEED).unwrap() + &std::fs::read_to_string(DEBIAN_612).unwrap();
+    let (st, out, err) = from_stdin(&[], &both);
+    assert!(st.success(), "{err}");
+    assert_eq!(out.matches("FAIL (from stdin, report ").count(), 1, "{out}");
+    assert!(out.contains("FAIL (from stdin, report 2 of 2, logged [37.707503]) init pid 1"), "{out}");
+    assert!(out.contains("1 earlier report(s) in stdin not shown; --all analyses each, newest first"), "{out}");
+
+    let (st, out, err) = from_stdin(&["--all"], &both);
+    assert!(st.success(), "{err}");
+    let init = out.find("report 2 of 2, logged [37.707503]) init pid 1").unwrap();
+    let seed = out.find("report 1 of 2) kworker/31:0 pid 635928").unwrap();
+    assert!(init < seed, "{out}");
+    assert!(out.contains("compaction not attempted: the mask lacks __GFP_FS (GFP_NOFS)"), "{out}");
+
+    let journal: String = both.lines().map(|l| format!("Oct 06 10:11:12.000042 ceph7 kernel: {l}\n")).collect();
+    let (st, out, err) = from_stdin(&["--all", "--json"], &journal);
+    assert!(st.success(), "{err}");
+    let v: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let shown: Vec<(u64, &str)> =
+        v.iter().map(|o| (o["report"].as_u64().unwrap(), o["comm"].as_str().unwrap())).collect();
+    assert_eq!(shown, [(2, "init"), (1, "kworker/31:0")]);
+    assert!(v.iter().all(|o| o["type"] == "verdict" && o["reports"] == 2), "{out}");
+    assert_eq!(v[0]["mems_allowed"], "0");
 }
 
 #[test]

@@ -33,12 +33,20 @@ RETURN lines: the result, the time since the wake-up, and each returned
 WASTED marks a wake-up that was for nothing: epoll_wait returned 0 events,
   the thread slept again without returning, or its first accept got EAGAIN.
 At exit: one line with totals; with --summary, wake-ups and wasted ones
-per socket and per waker, and a log2 histogram of wake-up to return (us).
+per listening socket (the connections accepted from it counted under it,
+CONNS how many; the rows and 'not under a listening socket' add up to all
+wake-ups), per endpoint and peer (the service side with its port, the other
+side by address: 'TCP 127.0.0.1:80 <- 10.0.0.7' for connections accepted
+from clients on 10.0.0.7, 'TCP 10.0.0.1 -> 10.0.0.5:5432' for connections
+out), per waker, each the top 20 by wake-ups and how many more; then a log2
+histogram of wake-up to return (us).
 A process that never waits in epoll gets a message saying so.
 
 --json prints one object per line: {\"type\": \"wake\"|\"return\"|\"resleep\"|
 \"accept\"|\"close\"|\"epoll_ctl\"|\"uprobe\", \"time\", \"mono_ns\", \"tid\", \"comm\",
-...}, and a last {\"type\": \"summary\", ...}.
+...}, and a last {\"type\": \"summary\", ...}: its per_listener,
+outside_listeners and per_endpoint are the tables in full, and per_socket
+lists every socket seen, with its listener.
 
 Backends: fentry or kprobe on ep_poll_callback where the kernel allows it
 (the epitem gives the exact fd); otherwise classic tracepoints: the socket
@@ -77,8 +85,8 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
-    /// At exit, print wake-ups per socket and per waker, wasted wake-ups,
-    /// and a latency histogram.
+    /// At exit, print wake-ups per listening socket, per endpoint and peer
+    /// and per waker, wasted wake-ups, and a latency histogram.
     #[arg(long)]
     pub summary: bool,
 

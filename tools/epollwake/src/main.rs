@@ -5,6 +5,7 @@ mod attach;
 mod cli;
 mod events;
 mod fdmap;
+mod groups;
 mod herd;
 mod mask;
 mod report;

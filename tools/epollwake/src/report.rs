@@ -1,6 +1,7 @@
 //! What epollwake prints: one record per event of the timeline (text or
 //! JSON Lines), and the end-of-run summary.
 
+use crate::groups::{ListenerCount, Outside, PeerCount, SocketCount, TOP};
 use crate::herd::Wasted;
 use crate::socket::Socket;
 use crate::waker::Waker;
@@ -302,7 +303,13 @@ pub struct Summary {
     pub wasted_accept_eagain: u64,
     pub lost: u64,
     pub stack_failed: u64,
-    pub per_socket: Vec<Count>,
+    /// Every socket seen, most wake-ups first.
+    pub per_socket: Vec<SocketCount>,
+    /// Listening sockets, their accepted connections counted under them;
+    /// with outside_listeners they add up to all wake-ups.
+    pub per_listener: Vec<ListenerCount>,
+    pub outside_listeners: Outside,
+    pub per_endpoint: Vec<PeerCount>,
     pub per_waker: Vec<Count>,
     /// Wake-up to epoll_wait return, in microseconds.
     pub latency_us: Log2Hist,
@@ -317,17 +324,61 @@ impl Summary {
         )
     }
 
-    /// The `--summary` tables.
+    /// The `--summary` tables, each its TOP rows and how many more.
     pub fn tables(&self) -> String {
         let mut out = String::new();
-        let table = |out: &mut String, title: &str, rows: &[Count]| {
-            out.push_str(&format!("\n{title}:\n{:>8} {:>8}  {}\n", "WAKEUPS", "WASTED", "KEY"));
-            for r in rows {
-                out.push_str(&format!("{:>8} {:>8}  {}\n", r.wakeups, r.wasted, r.key));
+        let more = |out: &mut String, n: usize| {
+            if n > TOP {
+                out.push_str(&format!(
+                    "{:>8} {:>8} {:>6}  ... {} more (--json lists every one)\n",
+                    "",
+                    "",
+                    "",
+                    n - TOP
+                ));
             }
         };
-        table(&mut out, "Wake-ups per socket (or callback)", &self.per_socket);
-        table(&mut out, "Wake-ups per waker", &self.per_waker);
+        out.push_str(&format!(
+            "\nWake-ups per listening socket (accepted connections counted under it):\n{:>8} {:>8} {:>6}  {}\n",
+            "WAKEUPS", "WASTED", "CONNS", "LISTENER"
+        ));
+        for l in self.per_listener.iter().take(TOP) {
+            out.push_str(&format!(
+                "{:>8} {:>8} {:>6}  {} ({} on the listener, {} on its connections)\n",
+                l.wakeups,
+                l.wasted,
+                l.connections,
+                l.key,
+                l.listener_wakeups,
+                l.wakeups - l.listener_wakeups
+            ));
+        }
+        more(&mut out, self.per_listener.len());
+        let o = &self.outside_listeners;
+        if o.wakeups > 0 || o.wasted > 0 {
+            out.push_str(&format!("{:>8} {:>8} {:>6}  not under a listening socket\n", o.wakeups, o.wasted, "-"));
+        }
+        out.push_str(&format!(
+            "\nWake-ups per endpoint and peer (service side with its port, the other by address):\n{:>8} {:>8} {:>6}  {}\n",
+            "WAKEUPS", "WASTED", "CONNS", "KEY"
+        ));
+        for r in self.per_endpoint.iter().take(TOP) {
+            let conns = if r.connections > 0 { r.connections.to_string() } else { "-".into() };
+            out.push_str(&format!("{:>8} {:>8} {:>6}  {}\n", r.wakeups, r.wasted, conns, r.key));
+        }
+        more(&mut out, self.per_endpoint.len());
+        out.push_str(&format!("\nWake-ups per waker:\n{:>8} {:>8}  {}\n", "WAKEUPS", "WASTED", "KEY"));
+        for r in self.per_waker.iter().take(TOP) {
+            out.push_str(&format!("{:>8} {:>8}  {}\n", r.wakeups, r.wasted, r.key));
+        }
+        if self.per_waker.len() > TOP {
+            out.push_str(&format!(
+                "{:>8} {:>8}  ... {} more (--json lists every one)\n",
+                "",
+                "",
+                self.per_waker.len() - TOP
+            ));
+        }
         out.push_str(&format!(
             "\nWasted wake-ups: {} (returned 0 events: {}, slept again without returning: {}, accept EAGAIN: {})\n",
             self.wasted, self.wasted_no_events, self.wasted_slept_again, self.wasted_accept_eagain
@@ -459,5 +510,42 @@ mod tests {
         assert!(u.text().contains("UPROBE  wrk:worker_1(4450)"), "{}", u.text());
         assert!(u.text().ends_with(" f arg0=36 arg1=0x55af6486fea0\n"), "{}", u.text());
         assert_eq!(serde_json::to_value(&u).unwrap()["args"][1], "0x55af6486fea0");
+    }
+
+    /// 676 connections make one listener row and a few endpoint rows; a
+    /// table longer than TOP says how many rows it left out.
+    #[test]
+    fn tables_group_and_cut_at_top() {
+        use crate::groups::{ListenerCount, Outside, PeerCount};
+        let peers: Vec<PeerCount> = (0..25)
+            .map(|i| PeerCount {
+                key: format!("TCP 127.0.0.1:80 <- 10.0.0.{i}"),
+                wakeups: 100 - i,
+                wasted: 0,
+                connections: 27,
+            })
+            .collect();
+        let s = Summary {
+            per_listener: vec![ListenerCount {
+                key: "TCP 127.0.0.1:80".into(),
+                wakeups: 2300,
+                wasted: 7,
+                listener_wakeups: 676,
+                connections: 676,
+            }],
+            outside_listeners: Outside { wakeups: 3, wasted: 0 },
+            per_endpoint: peers,
+            ..Default::default()
+        };
+        let t = s.tables();
+        assert!(
+            t.contains("    2300        7    676  TCP 127.0.0.1:80 (676 on the listener, 1624 on its connections)\n"),
+            "{t}"
+        );
+        assert!(t.contains("       3        0      -  not under a listening socket\n"), "{t}");
+        let endpoint_rows = t.lines().filter(|l| l.contains("<- 10.0.0.")).count();
+        assert_eq!(endpoint_rows, 20, "{t}");
+        assert!(t.contains("<- 10.0.0.19\n") && !t.contains("<- 10.0.0.20\n"), "{t}");
+        assert!(t.contains("... 5 more (--json lists every one)"), "{t}");
     }
 }

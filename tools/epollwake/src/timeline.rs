@@ -6,6 +6,7 @@
 
 use crate::events::{self, Event};
 use crate::fdmap::{FdMap, Reg};
+use crate::groups::{self, SocketTotals};
 use crate::herd::{Charge, Herds, Wasted};
 use crate::mask;
 use crate::report::{Body, Count, EpollEvent, Record, Summary, WakerInfo};
@@ -52,7 +53,7 @@ pub struct Options {
 struct Totals {
     wakeups: u64,
     wasted: [u64; 3],
-    per_socket: BTreeMap<String, (u64, u64)>,
+    sockets: SocketTotals,
     per_waker: BTreeMap<String, (u64, u64)>,
     latency: Log2Hist,
 }
@@ -318,7 +319,7 @@ impl Timeline {
                 let ctx = waker.how.context_text();
                 let wkey = if ctx.is_empty() { waker.comm.clone() } else { ctx };
                 self.totals.wakeups += 1;
-                self.totals.per_socket.entry(key.clone()).or_default().0 += 1;
+                self.totals.sockets.wake(&key, socket.as_ref());
                 self.totals.per_waker.entry(wkey.clone()).or_default().0 += 1;
                 self.wake_keys.insert(tid, key);
                 if *group != 0 {
@@ -355,6 +356,9 @@ impl Timeline {
                     || (charge.is_some() && self.shown.get(&tid).copied().unwrap_or(false));
                 if show {
                     self.count_wasted(tid, charge);
+                    if let (Some(_), Some(s)) = (fd, socket.as_ref()) {
+                        self.totals.sockets.accepted(s);
+                    }
                 }
                 show
             }
@@ -373,7 +377,7 @@ impl Timeline {
         };
         self.totals.wasted[i] += 1;
         let key = self.wake_keys.get(&tid).cloned().unwrap_or(c.key);
-        self.totals.per_socket.entry(key).or_default().1 += 1;
+        self.totals.sockets.wasted(&key);
         if let Some(w) = self.group_waker.get(&c.group).cloned() {
             self.totals.per_waker.entry(w).or_default().1 += 1;
         }
@@ -395,7 +399,11 @@ impl Timeline {
         base.wasted_slept_again = t.wasted[1];
         base.wasted_accept_eagain = t.wasted[2];
         base.wasted = t.wasted.iter().sum();
-        base.per_socket = rows(&t.per_socket);
+        let g = t.sockets.group(&groups::listening(self.pid));
+        base.per_socket = g.per_socket;
+        base.per_listener = g.per_listener;
+        base.outside_listeners = g.outside_listeners;
+        base.per_endpoint = g.per_endpoint;
         base.per_waker = rows(&t.per_waker);
         base.latency_us = t.latency.clone();
         base

@@ -164,8 +164,10 @@ impl Parser {
 }
 
 pub struct Session {
-    inst: Instance,
+    // The pipe before the instance: fields drop in order, and an instance
+    // whose trace_pipe is still open cannot be removed (EBUSY).
     pipe: Option<File>,
+    inst: Instance,
     parser: Parser,
     samples: Vec<Sample>,
     /// What the kernel itself filtered on, and so holds for every sample.

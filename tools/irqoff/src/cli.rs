@@ -12,19 +12,29 @@ Output (text): a header, then for each window one line and its kernel stack:
   COMM, TID     the task that was running there
   LAT(us)       how long interrupts were off, in microseconds; never less
                 than the threshold (one sampling period is subtracted, so a
-                report may be short by up to one period, never long)
+                report may be short by up to one period, never long); time
+                the CPU was idle and steal time are not in it
+  STEAL(us)     in a KVM guest, the time the hypervisor kept this vCPU from
+                running inside the window (outside guest idle), taken out of
+                LAT(us): without it a descheduled vCPU looks exactly like
+                interrupts being off; 0 on bare metal; - in a VM whose steal
+                time cannot be read (the banner says why)
   stack lines   <address> function+offset [module]: in software mode the
                 code that re-enabled interrupts, in hardware mode the code
                 that held them off; <user space> when the timer interrupted
                 user code (no kernel stack)
 A window still open after 5 thresholds (hardware mode) gets an early
 'ongoing' line, then its final line when it ends.
-At exit: per-CPU count, max and average, a log2 histogram, and counts of
-windows not reported (rate limit, full buffers) and failed stack captures.
+At exit: per-CPU count, max, average and steal time over the run, a log2
+histogram, counts of windows not reported (rate limit, full buffers) and
+failed stack captures, and of gaps that were over the threshold only with
+the hypervisor's time counted (steal time alone explains them).
 
 --json prints one object per line: {\"type\":\"window\"|\"ongoing\", \"time\",
-\"mono_ns\" (CLOCK_MONOTONIC), \"cpu\", \"comm\", \"pid\", \"tid\", \"lat_us\", \"stack_of\", \"stack\":[{\"addr\",
-\"sym\", \"off\", \"module\"}]}, and a last {\"type\":\"summary\", ...}.
+\"mono_ns\" (CLOCK_MONOTONIC), \"cpu\", \"comm\", \"pid\", \"tid\", \"lat_us\", \"steal_us\" (null when
+unknown), \"stack_of\", \"stack\":[{\"addr\", \"sym\", \"off\", \"module\"}]}, and a last
+{\"type\":\"summary\", ..., \"steal\":\"known\"|\"none\"|\"unknown\", \"steal_explained\",
+\"steal_failed\", \"per_cpu\":[{..., \"steal_us\"}]}.
 
 Examples:
   irqoff                  report windows over 10 ms until Ctrl-C

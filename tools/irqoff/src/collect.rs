@@ -20,9 +20,11 @@ pub fn flush(
     symbolizer: &mut Symbolizer,
     sink: &mut Sink,
     json: bool,
+    steal: &crate::steal::Steal,
 ) -> Result<u64> {
     for ev in &batch {
-        let rec = to_record(ev, wall, symbolizer);
+        let mut rec = to_record(ev, wall, symbolizer);
+        rec.steal_us = (steal.state() != "unknown").then_some(ev.steal_ns / 1000);
         if json {
             sink.json(&rec)?;
         } else {
@@ -46,6 +48,7 @@ fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -
         pid: ev.pid,
         tid: ev.tid,
         lat_us: ev.lat_ns / 1000,
+        steal_us: None,
         stack_of: if ev.stack_of == 1 { StackOf::Holder } else { StackOf::Reenabler },
         stack: frames,
         stack_error,
@@ -82,6 +85,9 @@ pub fn summarize(
         rate_limited: sum(|s| s.rate_limited),
         lost: sum(|s| s.lost + s.nmi_lost) + transport_lost,
         stack_failed: sum(|s| s.stack_failed + s.nmi_stack_failed),
+        steal: "unknown",
+        steal_explained: sum(|s| s.steal_explained),
+        steal_failed: sum(|s| s.steal_failed),
         per_cpu: stats
             .iter()
             .zip(cpus)
@@ -91,6 +97,7 @@ pub fn summarize(
                 windows: s.windows,
                 max_us: s.lat_max_ns / 1000,
                 avg_us: if s.windows > 0 { s.lat_sum_ns / s.windows / 1000 } else { 0 },
+                steal_us: s.steal_ns / 1000,
             })
             .collect(),
         hist_us: hist,

@@ -5,6 +5,7 @@ mod cli;
 mod collect;
 mod params;
 mod report;
+mod steal;
 
 mod bpf {
     include!(concat!(env!("OUT_DIR"), "/irqoff.skel.rs"));
@@ -64,6 +65,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     })?;
     let hw = choice.mechanism == Mechanism::PerfHw;
 
+    let steal = steal::Steal::locate();
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
     let mut open = kdiag_shared::skel::open(IrqoffSkelBuilder::default(), &mut storage)?;
@@ -74,10 +76,13 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     ro.ongoing_ns = params::ongoing_after(threshold).as_nanos() as u64;
     ro.max_per_sec = cli.max_rate;
     ro.hw_mode = hw;
+    ro.steal_on = steal.readable();
+    ro.steal_rq_delta = steal.rq_delta();
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
     transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf)?;
     open.progs.irqoff_nmi.set_autoload(hw);
     let skel = s.load(open)?;
+    steal.fill(&skel.maps.steal_at).context("giving the BPF side the steal clocks")?;
 
     let attach = |evs: &[PerfEvent], prog: &libbpf_rs::ProgramMut| -> Result<()> {
         for ev in evs {
@@ -101,6 +106,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     s.start(cli.duration);
     let mode = if hw { "hardware NMI" } else { "software cpu-clock" };
     say!("{mode} mode, resolution {} us: {}", period.as_micros(), choice.explain());
+    say!("{}", steal.explain());
     if let Err(e) = &idle_link {
         warning!(
             "cannot follow idle time (power:cpu_idle: {}); late timers on idle CPUs, common in VMs, may be \
@@ -123,16 +129,17 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     }
     let mut reported = 0u64;
     let reason = s.event_loop(Duration::from_millis(200), |wait| {
-        reported += collect::flush(inbox.poll(wait)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
+        reported += collect::flush(inbox.poll(wait)?, &wall, &mut symbolizer, &mut sink, cli.json, &steal)?;
         Ok(None)
     })?;
     // Events already in the buffer when the run ended still belong to it.
-    reported += collect::flush(inbox.poll(Duration::ZERO)?, &wall, &mut symbolizer, &mut sink, cli.json)?;
+    reported += collect::flush(inbox.poll(Duration::ZERO)?, &wall, &mut symbolizer, &mut sink, cli.json, &steal)?;
 
     let per_cpu = maps::percpu_values::<irqoff_stats>(&skel.maps.stats).context("reading statistics")?;
     let stats: Vec<irqoff_stats> = cpus.iter().map(|&c| per_cpu.get(c as usize).copied().unwrap_or_default()).collect();
-    let summary =
+    let mut summary =
         collect::summarize(&stats, &cpus, mode, s.run(), reason.to_string(), threshold, period, reported, inbox.lost());
+    summary.steal = steal.state();
     if cli.json {
         sink.json(&summary)?;
     } else {
@@ -166,6 +173,9 @@ mod tests {
             let mut open = IrqoffSkelBuilder::default().open(&mut storage).unwrap();
             let ro = open.maps.rodata_data.as_deref_mut().unwrap();
             ro.hw_mode = true;
+            // The steal clock's code too: pruned unless switched on.
+            ro.steal_on = true;
+            ro.steal_rq_delta = -1;
             ro.kd_use_ringbuf = transport == Transport::RingBuf;
             transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).unwrap();
             transport.configure(&mut open.maps.nmi_events_ring, &mut open.maps.nmi_events_perf).unwrap();

@@ -20,7 +20,8 @@ enum irqoff_stack_of {
 struct irqoff_event {
 	__u64 ts_ns;    /* monotonic: window end, or when an NMI saw it open */
 	__u64 start_ns; /* monotonic: last cpu-clock sample before the window */
-	__u64 lat_ns;   /* window length, sampling period subtracted */
+	__u64 lat_ns;   /* the guest's own time: period, idle and steal subtracted */
+	__u64 steal_ns; /* steal time outside idle inside the window, subtracted */
 	__u32 cpu;
 	__u32 pid;
 	__u32 tid;
@@ -46,6 +47,9 @@ struct irqoff_stats {
 	__u64 ongoing;          /* ongoing records emitted */
 	__u64 nmi_lost;         /* ongoing records lost: output buffer full */
 	__u64 nmi_stack_failed; /* NMI stack captures that failed */
+	__u64 steal_ns;         /* steal time seen by the cpu-clock program */
+	__u64 steal_explained;  /* gaps over the threshold only with steal counted */
+	__u64 steal_failed;     /* samples whose steal clock could not be read */
 };
 
 #endif
