@@ -32,6 +32,30 @@ impl StackArgs {
     }
 }
 
+/// Something the user must fix in the command line or what it names (an
+/// address in use, an unwritable output file), found before anything is
+/// loaded: the tool exits 2, as for a usage error.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// The exit status for a run that failed with `e`: 2 for [`BadInput`], 1
+/// for everything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.is::<BadInput>()) {
+        2
+    } else {
+        1
+    }
+}
+
 /// Set to `man`, `bash`, `zsh` or `fish` to make a tool print its man page
 /// or completion script instead of running (packaging uses it).
 pub const GENERATE_ENV: &str = "KDIAG_GENERATE";
@@ -91,6 +115,13 @@ fn one_line(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_input_exits_2_even_with_context() {
+        let e = anyhow::Error::new(BadInput("--metrics x: in use".into())).context("starting");
+        assert_eq!(exit_code(&e), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("loading failed")), 1);
+    }
 
     #[test]
     fn what_a_colon_announces_stays() {

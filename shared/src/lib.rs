@@ -15,6 +15,8 @@
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
 //! - [`flame`]: flame graph SVGs from folded stacks (inferno).
 //! - [`histogram`]: log2 histograms as bcc prints them.
+//! - [`metrics`]: Prometheus metrics over HTTP and in node_exporter's
+//!   textfile directory.
 //! - [`maps`]: reading maps: plain values, stack maps, failed captures.
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
 //! - [`runctl`]: duration, Ctrl-C and SIGTERM, and why a run stopped.
@@ -27,6 +29,7 @@ pub mod flame;
 pub mod ftrace;
 pub mod histogram;
 pub mod maps;
+pub mod metrics;
 pub mod output;
 pub mod perf;
 pub mod precheck;

@@ -3,6 +3,8 @@
 //! other tests share the kernel), signal it, and prove that everything it
 //! held is gone afterwards.
 
+pub mod consumers;
+
 pub use libc;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
@@ -198,7 +200,6 @@ pub fn assert_released(held: &Held, timeout: Duration) {
         thread::sleep(Duration::from_millis(50));
     }
 }
-
 
 /// The three ways a run ends, each as a test: `detaches_after_the_duration`,
 /// `detaches_after_sigint`, `detaches_after_sigterm`, calling
