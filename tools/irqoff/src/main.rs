@@ -2,6 +2,7 @@
 //! that held them. See `irqoff --help` and bpf/irqoff.bpf.c for how.
 
 mod cli;
+mod metrics;
 mod params;
 mod report;
 
@@ -14,6 +15,7 @@ use bpf::types::{irqoff_event, irqoff_stats};
 use bpf::IrqoffSkelBuilder;
 use kdiag_shared::backend::{self, Mechanism};
 use kdiag_shared::histogram::Log2Hist;
+use kdiag_shared::metrics::Exporter;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::perf::{self, EventSpec, PerfEvent};
 use kdiag_shared::runctl::RunControl;
@@ -35,7 +37,7 @@ fn main() {
     let cli: cli::Cli = kdiag_shared::args::parse("irqoff");
     if let Err(e) = run(cli) {
         eprintln!("irqoff: {e:#}");
-        std::process::exit(1);
+        std::process::exit(kdiag_shared::args::exit_code(&e));
     }
 }
 
@@ -59,6 +61,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         None => None,
     };
     let mut sink = Sink::from_option(cli.log.as_deref()).map_err(|e| anyhow!(e))?;
+    let mut exporter = Exporter::start("irqoff", &cli.metrics)?;
     precheck::check(precheck::Needs::default()).map_err(|e| anyhow!(e))?;
 
     let clock_spec = EventSpec::SwCpuClock { period_ns: period.as_nanos() as u64 };
@@ -120,12 +123,14 @@ fn run(cli: cli::Cli) -> Result<()> {
         );
     }
     eprintln!(
-        "irqoff: watching CPUs {} for interrupts off >= {} ms, events via {}{}. Ctrl-C to end.",
+        "irqoff: watching CPUs {} for interrupts off >= {} ms, events via {}{}{}. Ctrl-C to end.",
         cpus::format_list(&cpus),
         cli.threshold_ms,
         transport.name(),
-        cli.log.as_ref().map(|p| format!(", appending to {}", p.display())).unwrap_or_default()
+        cli.log.as_ref().map(|p| format!(", appending to {}", p.display())).unwrap_or_default(),
+        exporter.describe()
     );
+    let setup = metrics::Setup { mode: if hw { "hw" } else { "sw" }, threshold, period };
 
     let pending: Rc<RefCell<Vec<irqoff_event>>> = Rc::default();
     let sink_pending = pending.clone();
@@ -154,12 +159,14 @@ fn run(cli: cli::Cli) -> Result<()> {
         }
         stream.poll(rc.poll_timeout(Duration::from_millis(200))).map_err(|e| anyhow!(e))?;
         reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json)?;
+        exporter.update(|| Ok(metrics::render(&read_stats(&skel.maps.stats, &cpus)?, &cpus, &setup)))?;
     };
     // Events already in the buffer when the run ended still belong to it.
     stream.poll(Duration::ZERO).map_err(|e| anyhow!(e))?;
     reported += flush(&pending, &wall, &mut symbolizer, &mut sink, cli.json)?;
 
     let stats = read_stats(&skel.maps.stats, &cpus)?;
+    let final_metrics = metrics::render(&stats, &cpus, &setup);
     let summary = summarize(&stats, &cpus, mode, &rc, reason.to_string(), threshold, period, reported, stream.lost());
     if cli.json {
         sink.json(&summary)?;
@@ -174,6 +181,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     drop(stream);
     drop(events);
     drop(idle_link);
+    exporter.finish(final_metrics);
     Ok(())
 }
 
