@@ -18,22 +18,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The metrics flags of the tools that run as services.
+/// The metrics flags of the tools that run as services; their clap ids
+/// are prefixed, so a tool's own `--interval` or `--file` stays its own.
 #[derive(clap::Args, Clone, Debug)]
 pub struct MetricsArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics while running
     /// (e.g. 127.0.0.1:9860, or :9860 for every address). At exit the
     /// final counts wait up to 5 s for one last scrape.
-    #[arg(long = "metrics", value_name = "ADDR", value_parser = parse_addr)]
+    #[arg(id = "metrics_addr", long = "metrics", value_name = "ADDR", value_parser = parse_addr)]
     pub addr: Option<SocketAddr>,
 
     /// Rewrite FILE (a *.prom file in node_exporter's textfile directory)
     /// with the same metrics every --metrics-interval, and at exit.
-    #[arg(long = "metrics-file", value_name = "FILE", value_parser = parse_prom_path)]
+    #[arg(id = "metrics_file", long = "metrics-file", value_name = "FILE", value_parser = parse_prom_path)]
     pub file: Option<PathBuf>,
 
     /// How often --metrics-file is rewritten (15, 30s, 1m).
-    #[arg(long = "metrics-interval", value_name = "INTERVAL", default_value = "15s",
+    #[arg(id = "metrics_interval", long = "metrics-interval", value_name = "INTERVAL", default_value = "15s",
           value_parser = crate::runctl::parse_duration)]
     pub interval: Duration,
 }
