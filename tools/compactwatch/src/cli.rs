@@ -106,6 +106,9 @@ pub struct Cli {
     pub max_rate: u32,
 
     /// How long to run (60, 90s, 5m); default until Ctrl-C.
+    #[command(flatten)]
+    pub metrics: kdiag_shared::metrics::MetricsArgs,
+
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
 }

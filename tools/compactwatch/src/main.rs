@@ -9,6 +9,7 @@ mod decode;
 mod dmesg;
 mod episode;
 mod gfp;
+mod metrics;
 mod offline;
 mod stats;
 mod tpformat;
@@ -27,6 +28,8 @@ use bpf::CompactwatchSkelBuilder;
 use decode::Decoders;
 use episode::{Ev, Finding, Stall, Tracker};
 use gfp::KernelVersion;
+use kdiag_shared::args::BadInput;
+use kdiag_shared::metrics::Exporter;
 use kdiag_shared::output::{json_time, Sink, WallClock};
 use kdiag_shared::runctl::RunControl;
 use kdiag_shared::symbolize::{is_tracer_frame, Symbolizer};
@@ -45,20 +48,24 @@ fn main() {
     let cli: cli::Cli = kdiag_shared::args::parse("compactwatch");
     if let Err(e) = run(cli) {
         eprintln!("compactwatch: {e:#}");
-        std::process::exit(1);
+        std::process::exit(kdiag_shared::args::exit_code(&e));
     }
 }
 
 fn run(cli: cli::Cli) -> Result<()> {
     if let Some(path) = &cli.from_dmesg {
+        if cli.metrics.addr.is_some() || cli.metrics.file.is_some() {
+            return Err(BadInput("--metrics and --metrics-file watch a live run, not --from-dmesg".into()).into());
+        }
         return from_dmesg(path, &cli);
     }
+    let exporter = Exporter::start("compactwatch", &cli.metrics)?;
     precheck::check(precheck::Needs { btf: true, tracefs: true }).map_err(|e| anyhow!(e))?;
     let tfs = precheck::tracefs().map_err(|e| anyhow!(e))?;
     let dec = Decoders::load(&tfs);
     let kernel = KernelVersion::running().context("cannot read the kernel release")?;
     let algo = cli.algo.0.unwrap_or_else(|| Algo::for_kernel(kernel));
-    live(cli, dec, kernel, algo)
+    live(cli, dec, kernel, algo, exporter)
 }
 
 fn from_dmesg(path: &std::path::Path, cli: &cli::Cli) -> Result<()> {
@@ -118,7 +125,7 @@ struct Ctx<'a> {
     max_rate: u32,
 }
 
-fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Result<()> {
+fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo, mut exporter: Exporter) -> Result<()> {
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
     let mut open = CompactwatchSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
@@ -174,10 +181,11 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
         eprintln!("compactwatch: warning: this kernel lacks {}; those details will be missing", missing.join(", "));
     }
     eprintln!(
-        "compactwatch: watching allocations of order >= {} ({}), events via {}. Ctrl-C to end.",
+        "compactwatch: watching allocations of order >= {} ({}), events via {}{}. Ctrl-C to end.",
         cli.order,
         cli.pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "all tasks".into()),
-        transport.name()
+        transport.name(),
+        exporter.describe()
     );
 
     let pending: Rc<RefCell<Vec<Ev>>> = Rc::default();
@@ -220,6 +228,7 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
         }
         stream.poll(wait).map_err(|e| anyhow!(e))?;
         process(&pending, &mut tracker, &mut ctx, &mut zones, &skel.maps.stacks, &mut sink, &mut counts)?;
+        exporter.update(|| Ok(metrics::render(&totals(&skel)?, stream.lost(), cli.order, &|v| dec.status(v))))?;
         if let (Some(t), Some(i)) = (next_verdict, cli.interval) {
             if Instant::now() >= t {
                 zones = zoneinfo::read_live().map_err(|e| anyhow!(e))?;
@@ -232,9 +241,12 @@ fn live(cli: cli::Cli, dec: Decoders, kernel: KernelVersion, algo: Algo) -> Resu
     stream.poll(Duration::ZERO).map_err(|e| anyhow!(e))?;
     process(&pending, &mut tracker, &mut ctx, &mut zones, &skel.maps.stacks, &mut sink, &mut counts)?;
 
-    summary(&skel, &mut ctx, &rc, reason.to_string(), stream.lost(), &counts, &mut sink)?;
+    let st = totals(&skel)?;
+    let final_metrics = metrics::render(&st, stream.lost(), cli.order, &|v| dec.status(v));
+    summary(&skel, &st, &mut ctx, &rc, reason.to_string(), stream.lost(), &counts, &mut sink)?;
     drop(stream);
     drop(links);
+    exporter.finish(final_metrics);
     Ok(())
 }
 
@@ -501,8 +513,17 @@ fn comm_of(v: &cw_alloc_val) -> String {
     String::from_utf8_lossy(&comm).into_owned()
 }
 
+/// The kernel's counters, summed over CPUs.
+fn totals(skel: &bpf::CompactwatchSkel) -> Result<stats::Totals> {
+    let mut st = stats::Totals::default();
+    st.add(&kdiag_shared::maps::sum_counters::<cw_stats>(&skel.maps.stats).context("reading statistics")?);
+    Ok(st)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn summary(
     skel: &bpf::CompactwatchSkel,
+    st: &stats::Totals,
     ctx: &mut Ctx,
     rc: &RunControl,
     reason: String,
@@ -510,8 +531,6 @@ fn summary(
     counts: &Counts,
     sink: &mut Sink,
 ) -> Result<()> {
-    let mut st = stats::Totals::default();
-    st.add(&kdiag_shared::maps::sum_counters::<cw_stats>(&skel.maps.stats).context("reading statistics")?);
     let ok_rows = entries::<cw_alloc_key, cw_alloc_val>(&skel.maps.allocs)
         .into_iter()
         .map(|(k, v)| ((k.order, k.stack_id), v))

@@ -261,8 +261,12 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 		/* A failure without an episode is a unit of its own. */
 		bool quiet = t && t->active ? t->quiet : over_rate();
 
-		if (!failed && s)
-			s->stalls++;
+		if (t && t->active && s && order < CW_MAX_ORDER) {
+			if (failed)
+				s->stalls_failed[order]++;
+			else
+				s->stalls_ok[order]++;
+		}
 		if (quiet)
 			withheld();
 		else if ((e = new_event(failed ? CW_ALLOC_FAIL : CW_ALLOC_DONE, pid_tgid))) {
@@ -452,14 +456,19 @@ int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	struct cw_stats *s;
 	struct cw_event *e;
+	int status;
 
 	if (!t || !t->running)
 		return 0;
 	t->running = 0;
-	if (!t->active) {
-		struct cw_stats *s = kd_stats();
-		if (s)
+	s = kd_stats();
+	if (s) {
+		status = ctx->status;
+		if (status >= 0 && status < CW_MAX_STATUS)
+			s->runs_by_status[status]++;
+		if (!t->active)
 			s->background_runs++;
 	}
 	/* One branch on one read: the 6.1 verifier does not know that two
