@@ -13,7 +13,7 @@
 use crate::args::BadInput;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Clone, Debug)]
 pub struct MetricsArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics while running
-    /// (e.g. 127.0.0.1:9860, or :9860 for every address). At exit the
+    /// (IP:PORT, e.g. 127.0.0.1:9860, or :9860 for every address). At exit the
     /// final counts wait up to 5 s for one last scrape.
     #[arg(id = "metrics_addr", long = "metrics", value_name = "ADDR", value_parser = parse_addr)]
     pub addr: Option<SocketAddr>,
@@ -39,14 +39,13 @@ pub struct MetricsArgs {
     pub interval: Duration,
 }
 
-/// `host:port`, `[v6]:port`, or `:port` for every address (as
-/// node_exporter's --web.listen-address takes it).
+/// `ip:port`, `[v6]:port`, or `:port` for every address (as
+/// node_exporter's --web.listen-address takes it). No host names: a
+/// listening address is an interface's, and resolving names would link
+/// musl's DNS resolver into every tool.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
-    full.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("'{s}' is not an address to listen on (e.g. 127.0.0.1:9860 or :9860)"))
+    full.parse().map_err(|_| format!("'{s}' is not an address to listen on (e.g. 127.0.0.1:9860 or :9860)"))
 }
 
 fn parse_prom_path(s: &str) -> Result<PathBuf, String> {
@@ -403,7 +402,7 @@ mod tests {
         assert_eq!(parse(&["--metrics", "127.0.0.1:9860"]).unwrap().addr, Some("127.0.0.1:9860".parse().unwrap()));
         assert_eq!(parse(&["--metrics", ":9860"]).unwrap().addr, Some("0.0.0.0:9860".parse().unwrap()));
         assert_eq!(parse(&["--metrics", "[::1]:9"]).unwrap().addr, Some("[::1]:9".parse().unwrap()));
-        for bad in ["9860", "localhost", "1.2.3.4:99999", "nowhere.invalid:1"] {
+        for bad in ["9860", "localhost:9860", "1.2.3.4:99999", "nowhere.invalid:1"] {
             let e = parse(&["--metrics", bad]).unwrap_err();
             assert!(e.contains("is not an address to listen on"), "{bad}: {e}");
         }
