@@ -18,6 +18,11 @@ pub struct StackArgs {
     #[arg(long = "svg", value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Also write a gzipped pprof profile to FILE, for go tool pprof,
+    /// Grafana Pyroscope or Parca.
+    #[arg(long = "pprof", value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
     /// Entries of the stack map; raise it when the summary reports EEXIST.
     #[arg(long = "stack-storage-size", value_name = "N", default_value = "16384",
           value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
@@ -53,6 +58,19 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         2
     } else {
         1
+    }
+}
+
+impl StackArgs {
+    /// The --pprof file, created before anything is attached; a path that
+    /// cannot be written is the user's to fix (exit 2).
+    pub fn create_pprof(&self) -> anyhow::Result<Option<File>> {
+        self.pprof
+            .as_ref()
+            .map(|p| {
+                File::create(p).map_err(|e| BadInput(format!("--pprof {}: cannot write it: {e}", p.display())).into())
+            })
+            .transpose()
     }
 }
 

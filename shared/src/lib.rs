@@ -14,6 +14,7 @@
 //! - [`symbolize`]: kernel and user addresses to names (blazesym).
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
 //! - [`flame`]: flame graph SVGs from folded stacks (inferno).
+//! - [`pprof`]: pprof profiles for go tool pprof, Pyroscope and Parca.
 //! - [`histogram`]: log2 histograms as bcc prints them.
 //! - [`metrics`]: Prometheus metrics over HTTP and in node_exporter's
 //!   textfile directory.
@@ -32,6 +33,7 @@ pub mod maps;
 pub mod metrics;
 pub mod output;
 pub mod perf;
+pub mod pprof;
 pub mod precheck;
 pub mod probe;
 pub mod runctl;

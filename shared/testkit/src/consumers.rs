@@ -174,11 +174,92 @@ impl NodeExporter {
     }
 }
 
-/// `go tool pprof -raw FILE`: pprof's own reading of a profile.
-pub fn pprof_raw(file: &Path) -> String {
+/// One sample as `go tool pprof -raw` prints it.
+#[derive(Debug, Clone)]
+pub struct RawSample {
+    pub values: Vec<i64>,
+    /// Function names, leaf first.
+    pub frames: Vec<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// A profile as pprof itself read it: its sample types and samples.
+#[derive(Debug)]
+pub struct RawProfile {
+    /// `type/unit`, `[dflt]` dropped.
+    pub types: Vec<String>,
+    pub samples: Vec<RawSample>,
+}
+
+impl RawProfile {
+    /// The total of the values of sample type `ty` (e.g. "blocked/nanoseconds").
+    pub fn total(&self, ty: &str) -> i64 {
+        let i = self.types.iter().position(|t| t == ty).unwrap_or_else(|| panic!("no {ty} in {:?}", self.types));
+        self.samples.iter().map(|s| s.values[i]).sum()
+    }
+}
+
+/// Parse `go tool pprof -raw` output: the sample type line, samples (values,
+/// location ids, then a line of `key:[value]` labels), and the locations
+/// (`id: 0xaddr M=n function file:line s=n`).
+pub fn parse_pprof_raw(text: &str) -> RawProfile {
+    let mut lines = text.lines().skip_while(|l| l.trim() != "Samples:").skip(1);
+    let types: Vec<String> =
+        lines.next().unwrap_or("").split_whitespace().map(|t| t.trim_end_matches("[dflt]").to_string()).collect();
+    let mut ids = Vec::new();
+    let mut names = std::collections::HashMap::new();
+    let mut in_locations = false;
+    for l in lines {
+        let t = l.trim();
+        if t == "Locations" {
+            in_locations = true;
+        } else if t == "Mappings" {
+            break;
+        } else if in_locations {
+            let (id, rest) = t.split_once(": ").unwrap_or_else(|| panic!("location line {l:?}"));
+            let rest = rest.split_once(' ').map(|(_, r)| r).unwrap_or("");
+            let rest = rest.split_once(' ').map(|(_, r)| r).unwrap_or(""); // M=n
+            let name = rest.rsplit_once(' ').map(|(n, _)| n).unwrap_or(rest); // s=n
+            let name = name.rsplit_once(' ').map(|(n, _)| n).unwrap_or(name); // file:line
+            names.insert(id.to_string(), name.to_string());
+        } else if let Some((values, locs)) =
+            t.split_once(':').filter(|(v, _)| v.split_whitespace().all(|n| n.parse::<i64>().is_ok()))
+        {
+            let values = values.split_whitespace().map(|v| v.parse().unwrap()).collect();
+            ids.push((values, locs.split_whitespace().map(String::from).collect::<Vec<_>>(), vec![]));
+        } else if let Some(last) = ids.last_mut() {
+            for kv in t.split("] ") {
+                if let Some((k, v)) = kv.split_once(":[") {
+                    last.2.push((k.to_string(), v.strip_suffix(']').unwrap_or(v).to_string()));
+                }
+            }
+        }
+    }
+    let samples = ids
+        .into_iter()
+        .map(|(values, locs, labels)| RawSample {
+            values,
+            frames: locs
+                .iter()
+                .map(|id| names.get(id).cloned().unwrap_or_else(|| panic!("no location {id}")))
+                .collect(),
+            labels,
+        })
+        .collect();
+    RawProfile { types, samples }
+}
+
+/// `go tool pprof -raw FILE`: pprof's own reading of a profile. Without
+/// symbolization: pprof's demangler would otherwise shorten the (already
+/// demangled) Rust and C++ names for display.
+pub fn pprof_raw(file: &Path) -> RawProfile {
+    parse_pprof_raw(&pprof_raw_text(file))
+}
+
+fn pprof_raw_text(file: &Path) -> String {
     need(&[("go", "golang-go")]);
     let out = Command::new("go")
-        .args(["tool", "pprof", "-raw"])
+        .args(["tool", "pprof", "-raw", "-symbolize=none"])
         .arg(file)
         .env("HOME", std::env::temp_dir())
         .output()
