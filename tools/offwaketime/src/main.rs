@@ -5,6 +5,7 @@
 mod cli;
 mod kernel;
 mod ksyms;
+mod profile;
 mod report;
 
 mod bpf {
@@ -44,7 +45,7 @@ fn main() {
     let cli: cli::Cli = kdiag_shared::args::parse("offwaketime");
     if let Err(e) = run(cli) {
         eprintln!("offwaketime: {e:#}");
-        std::process::exit(1);
+        std::process::exit(kdiag_shared::args::exit_code(&e));
     }
 }
 
@@ -67,6 +68,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         None => None,
     };
     let svg = cli.stacks.create_svg().map_err(|e| anyhow!(e))?;
+    let pprof = cli.stacks.create_pprof()?;
     precheck::check(precheck::Needs { btf: true, tracefs: false }).map_err(|e| anyhow!(e))?;
 
     let mut kprobe_symbol = None;
@@ -259,6 +261,11 @@ fn run(cli: cli::Cli) -> Result<()> {
     if let (Some(file), Some(path)) = (svg, &cli.stacks.svg) {
         write_svg(file, &entries, layout, &what).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("offwaketime: flame graph written to {}", path.display());
+    }
+    if let (Some(file), Some(path)) = (pprof, &cli.stacks.pprof) {
+        let started = std::time::SystemTime::now() - rc.elapsed();
+        profile::write(file, &entries, started, rc.elapsed()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("offwaketime: pprof profile written to {}", path.display());
     }
     Ok(())
 }
