@@ -4,6 +4,7 @@
 
 mod cli;
 mod ftrace;
+mod profile;
 mod report;
 mod target;
 
@@ -47,7 +48,7 @@ fn main() {
     let cli: cli::Cli = kdiag_shared::args::parse("funcstack");
     if let Err(e) = run(cli) {
         eprintln!("funcstack: {e:#}");
-        std::process::exit(1);
+        std::process::exit(kdiag_shared::args::exit_code(&e));
     }
 }
 
@@ -83,6 +84,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         None => None,
     };
     let svg = cli.stacks.create_svg().map_err(|e| anyhow!(e))?;
+    let pprof = cli.stacks.create_pprof()?;
     precheck::check(precheck::Needs { btf: false, tracefs: false }).map_err(|e| anyhow!(e))?;
     // tracefs names tracepoints and carries the ftrace rung; a kernel
     // without it can still use fentry and kprobes.
@@ -322,6 +324,11 @@ fn run(cli: cli::Cli) -> Result<()> {
     if let (Some(file), Some(path)) = (svg, &cli.stacks.svg) {
         write_svg(file, entries, &label).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("funcstack: flame graph written to {}", path.display());
+    }
+    if let (Some(file), Some(path)) = (pprof, &cli.stacks.pprof) {
+        let started = std::time::SystemTime::now() - rc.elapsed();
+        profile::write(file, entries, started, rc.elapsed()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("funcstack: pprof profile written to {}", path.display());
     }
     Ok(())
 }
