@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod licenses;
+mod systemd;
 
 use crate::setup::{apt_install, run};
 use crate::tasks::{binary, build, workspace_root, TOOLS};
