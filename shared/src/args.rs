@@ -18,6 +18,11 @@ pub struct StackArgs {
     #[arg(long = "svg", value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Also write a gzipped pprof profile to FILE, for go tool pprof,
+    /// Grafana Pyroscope or Parca.
+    #[arg(long = "pprof", value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
     /// Entries of the stack map; raise it when the summary reports EEXIST.
     #[arg(long = "stack-storage-size", value_name = "N", default_value = "16384",
           value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
@@ -31,6 +36,17 @@ impl StackArgs {
         self.svg
             .as_ref()
             .map(|p| File::create(p).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())))
+            .transpose()
+    }
+}
+
+impl StackArgs {
+    /// The --pprof file, created before anything is attached; a path that
+    /// cannot be written fails at once, not after a long run.
+    pub fn create_pprof(&self) -> anyhow::Result<Option<File>> {
+        self.pprof
+            .as_ref()
+            .map(|p| File::create(p).map_err(|e| anyhow::anyhow!("--pprof {}: cannot write it: {e}", p.display())))
             .transpose()
     }
 }

@@ -20,10 +20,13 @@
 //! - [`symbolize`]: kernel and user addresses to names (user: blazesym).
 //! - [`output`]: text, JSON Lines and log-file sinks, wall-clock time.
 //! - [`flame`]: flame graph SVGs from folded stacks (inferno).
+//! - [`pprof`]: pprof profiles for go tool pprof, Pyroscope and Parca.
 //! - [`histogram`]: log2 histograms as bcc prints them.
 //! - [`maps`]: map values and records as the skeleton's plain-data types.
 //! - [`stacks`]: stack ids to named frames, tracer frames cut, merging,
 //!   failed captures.
+//! - [`metrics`]: Prometheus metrics over HTTP and in node_exporter's
+//!   textfile directory.
 //! - [`cpus`]: CPU lists (`0-3,7`) and the online set.
 //! - [`runctl`]: duration, stop signals, and why a run stopped.
 //! - [`skel`]: storage for the tools that open several BPF objects.
@@ -41,8 +44,10 @@ pub mod libbpf_log;
 pub mod lifecycle;
 pub mod links;
 pub mod maps;
+pub mod metrics;
 pub mod output;
 pub mod perf;
+pub mod pprof;
 pub mod precheck;
 pub mod probe;
 pub mod runctl;

@@ -23,6 +23,17 @@ pub fn binary(tool: &str) -> PathBuf {
     workspace_root().join("target").join(MUSL_TARGET).join("release").join(tool)
 }
 
+/// The binary as it ships: `binary(tool)` without its symbol table (the
+/// release profile keeps symbols, which test binaries need), in
+/// target/<musl>/release/shipped/.
+pub fn shipped(tool: &str) -> Result<PathBuf> {
+    let dir = binary(tool).with_file_name("shipped");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(tool);
+    run_cmd(Command::new("strip").arg("--strip-all").arg("-o").arg(&out).arg(binary(tool)))?;
+    Ok(out)
+}
+
 pub fn build(tools: &[String]) -> Result<()> {
     let mut c = cargo();
     c.args(["build", "--release", "--target", MUSL_TARGET]);

@@ -3,6 +3,8 @@
 //! other tests share the kernel), signal it, and prove that everything it
 //! held is gone afterwards.
 
+pub mod consumers;
+
 pub use libc;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};

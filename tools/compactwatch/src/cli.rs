@@ -123,6 +123,9 @@ pub struct Cli {
     pub backend: Option<String>,
 
     /// How long to run (60, 90s, 5m); default until Ctrl-C.
+    #[command(flatten)]
+    pub metrics: kdiag_shared::metrics::MetricsArgs,
+
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,
 

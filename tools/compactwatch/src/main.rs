@@ -11,6 +11,7 @@ mod episode;
 mod gfp;
 mod live;
 mod logline;
+mod metrics;
 mod offline;
 mod record;
 mod stats;
@@ -32,6 +33,7 @@ use episode::Tracker;
 use gfp::KernelVersion;
 use kdiag_shared::backend::Mechanism;
 use kdiag_shared::lifecycle::Session;
+use kdiag_shared::metrics::Exporter;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::stacks::Stacks;
 use kdiag_shared::transport::{Inbox, Kind as Transport};
@@ -50,8 +52,12 @@ fn main() {
 
 fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     if let Some(path) = &cli.from_dmesg {
+        if cli.metrics.addr.is_some() || cli.metrics.file.is_some() {
+            anyhow::bail!("--metrics and --metrics-file watch a live run, not --from-dmesg");
+        }
         return offline::run(path, &cli);
     }
+    let mut exporter = Exporter::start("compactwatch", &cli.metrics)?;
     precheck::check(precheck::Needs { btf: true, tracefs: true })?;
     let tfs = precheck::tracefs().map_err(anyhow::Error::msg)?;
     let choice = s.choose(&LADDER, cli.backend.as_deref(), probe::kernel_supports)?;
@@ -115,11 +121,13 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         warning!("this kernel lacks {}; those details will be missing", missing.join(", "));
     }
     say!(
-        "watching allocations of order >= {} ({}), events via {}. Ctrl-C to end.",
+        "watching allocations of order >= {} ({}), events via {}{}. Ctrl-C to end.",
         cli.order,
         cli.pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "all tasks".into()),
-        transport.name()
+        transport.name(),
+        exporter.describe()
     );
+    let render = |st: &stats::Totals, lost| metrics::render(st, lost, cli.order, &|v| dec.status(v));
 
     let mut sink = Sink::stdout();
     let mut ctx = live::Ctx {
@@ -141,6 +149,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let reason = s.event_loop(Duration::from_millis(200), |wait| {
         let wait = next_verdict.map_or(wait, |t| wait.min(t.saturating_duration_since(Instant::now())));
         ctx.process(inbox.poll(wait)?, &mut sink)?;
+        exporter.update(|| Ok(render(&summary::totals(&skel.maps.stats)?, inbox.lost())))?;
         if let (Some(t), Some(i)) = (next_verdict, cli.interval) {
             if Instant::now() >= t {
                 ctx.interval_verdict(&mut sink)?;
@@ -151,8 +160,10 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     })?;
     ctx.process(inbox.poll(Duration::ZERO)?, &mut sink)?;
 
+    let totals = summary::totals(&skel.maps.stats).context("reading statistics")?;
+    let final_metrics = render(&totals, inbox.lost());
     let summary = summary::build(
-        &skel.maps.stats,
+        totals,
         &skel.maps.allocs,
         &skel.maps.fails,
         summary::Run {
@@ -175,5 +186,6 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     }
     drop(inbox);
     drop(links);
+    exporter.finish(final_metrics);
     Ok(())
 }

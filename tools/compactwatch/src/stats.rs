@@ -17,6 +17,10 @@ pub struct Totals {
     pub rate_limited_events: u64,
     pub stalls: u64,
     pub background_runs: u64,
+    pub stalls_ok: Vec<u64>,
+    pub stalls_failed: Vec<u64>,
+    /// Compaction runs by the raw end status (index), every context.
+    pub runs_by_status: Vec<u64>,
 }
 
 impl Totals {
@@ -27,13 +31,16 @@ impl Totals {
         };
         grow(&mut self.alloc_ok, &s.alloc_ok);
         grow(&mut self.alloc_fail, &s.alloc_fail);
+        grow(&mut self.stalls_ok, &s.stalls_ok);
+        grow(&mut self.stalls_failed, &s.stalls_failed);
+        grow(&mut self.runs_by_status, &s.runs_by_status);
         self.lost += s.lost;
         self.counts_full += s.counts_full;
         self.fails_full += s.fails_full;
         self.stack_failed += s.stack_failed;
         self.rate_limited += s.rate_limited;
         self.rate_limited_events += s.rate_limited_events;
-        self.stalls += s.stalls;
+        self.stalls += s.stalls_ok.iter().sum::<u64>();
         self.background_runs += s.background_runs;
     }
 
@@ -95,7 +102,7 @@ mod tests {
         s.rate_limited = rl;
         s.rate_limited_events = rl * 20;
         s.lost = lost;
-        s.stalls = ok5;
+        s.stalls_ok[5] = ok5;
         s
     }
 

@@ -84,14 +84,14 @@ pub struct Run<'a> {
     pub gfp_text: &'a dyn Fn(u64) -> String,
 }
 
-pub fn build(
-    stats: &libbpf_rs::Map,
-    allocs: &libbpf_rs::Map,
-    fails: &libbpf_rs::Map,
-    run: Run,
-) -> anyhow::Result<Summary> {
+/// The kernel's counters, summed over CPUs.
+pub fn totals(stats: &libbpf_rs::Map) -> anyhow::Result<Totals> {
     let mut st = Totals::default();
     st.add(&maps::sum_counters::<cw_stats>(stats)?);
+    Ok(st)
+}
+
+pub fn build(st: Totals, allocs: &libbpf_rs::Map, fails: &libbpf_rs::Map, run: Run) -> anyhow::Result<Summary> {
     let mut caller = |order: u32, gfp: Option<u64>, stack_id: i32, v: &cw_alloc_val| {
         let (frames, name) = (run.stack)(stack_id);
         Caller {

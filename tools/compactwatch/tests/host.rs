@@ -3,6 +3,7 @@
 //! run is filtered to this test process (-p), so other work on the box
 //! cannot make a test pass.
 
+use kdiag_testkit::consumers::{free_port, http_get, promtool_check, Prometheus};
 use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held};
 use serde_json::Value;
 use std::time::Duration;
@@ -347,4 +348,75 @@ fn stops_cleanly_at_any_moment() {
 #[test]
 fn survives_closed_outputs() {
     kdiag_testkit::assert_survives_closed_outputs(BIN, &["1"]);
+}
+
+/// A real Prometheus scrapes --metrics while this process faults in huge
+/// pages and compacts memory: its HTTP API then holds exactly the exit
+/// summary's counts, and the runs by status that the records name.
+#[test]
+fn prometheus_holds_what_the_summary_says() {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let prom = Prometheus::start(addr);
+    let addr_arg = addr.to_string();
+    let mut r = spawn(BIN, &["--order", "9", "-p", &me(), "--json", "--max-rate", "0", "--metrics", &addr_arg]);
+    let banner = r.wait_for_stderr(BANNER, START);
+    assert!(banner.contains(&format!("metrics on http://{addr}/metrics")), "{banner}");
+    prom.wait_until_up();
+    let huge = touch_huge_pages(64);
+    assert!(huge >= 8, "the kernel gave only {huge} huge pages; THP must be 'madvise' or 'always'");
+    std::fs::write("/proc/sys/vm/compact_memory", "1").unwrap();
+    let served = http_get(addr, "/metrics").unwrap();
+    assert_eq!(promtool_check(&served), "", "{served}");
+    std::thread::sleep(Duration::from_millis(1500));
+    r.signal(libc::SIGINT);
+    let out = r.wait();
+    assert!(out.status.success(), "{out:?}");
+    let lines = out.json_lines();
+    let sum = lines.last().unwrap();
+    let last = |m: &str| prom.query(&format!("sum(last_over_time({m}[5m]))")).unwrap_or(0.0) as u64;
+    let o9 = sum["by_order"].as_array().unwrap().iter().find(|o| o["order"] == 9).expect("order 9 counted");
+    assert!(o9["ok"].as_u64().unwrap() >= huge as u64, "{sum}");
+    assert_eq!(last("kdiag_compactwatch_allocations_total{order=\"9\",outcome=\"ok\"}"), o9["ok"], "{sum}");
+    assert_eq!(last("kdiag_compactwatch_allocations_total{outcome=\"failed\"}"), sum["failures"], "{sum}");
+    assert_eq!(last("kdiag_compactwatch_stalls_total{outcome=\"ok\"}"), sum["stalls"], "{sum}");
+    assert_eq!(last("kdiag_compactwatch_background_compaction_runs_total"), sum["compaction_runs"], "{sum}");
+    assert_eq!(last("kdiag_compactwatch_lost_records_total"), sum["lost"], "{sum}");
+    // Every run a record shows, alone or inside a stall or failure.
+    let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+    for l in &lines {
+        let runs = match l["type"].as_str() {
+            Some("compact") => vec![l],
+            Some("stall") => l["runs"].as_array().unwrap().iter().collect(),
+            Some("fail") => l["stall"]["runs"].as_array().map(|r| r.iter().collect()).unwrap_or_default(),
+            _ => vec![],
+        };
+        for run in runs {
+            *by_status.entry(run["status"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    assert!(by_status.values().sum::<u64>() >= populated_zones() as u64, "{by_status:?}");
+    for (status, n) in &by_status {
+        assert_eq!(last(&format!("kdiag_compactwatch_compaction_runs_total{{status=\"{status}\"}}")), *n, "{status}");
+    }
+    assert_eq!(last("kdiag_compactwatch_compaction_runs_total"), by_status.values().sum::<u64>());
+}
+
+/// Metrics flags the user got wrong: one line, exit 2, nothing loaded.
+#[test]
+fn bad_metrics_flags_exit_2_and_load_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--metrics", "nowhere"], "is not an address to listen on"),
+        (&["--metrics", &in_use], "cannot listen there"),
+        (&["--metrics-file", "/nonexistent-dir/cw.prom"], "--metrics-file /nonexistent-dir/cw.prom: cannot write"),
+        (&["--metrics", "127.0.0.1:0", "--from-dmesg", SEED], "watch a live run, not --from-dmesg"),
+    ];
+    for (args, want) in cases {
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("cw_")), "{args:?} loaded {progs:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with("compactwatch: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
 }

@@ -37,6 +37,9 @@ outermost first;TARGET COUNT. --svg FILE writes that flame graph directly.
 --json prints one object per block ({\"type\":\"stack\", \"target\", \"comm\",
 \"pid\", \"tid\", \"cpus\", \"count\", \"kernel_stack\", \"user_stack\"}), then
 {\"type\":\"ret\", ...} with --ret, and a last {\"type\":\"summary\", ...}.
+--pprof FILE writes a gzipped pprof profile (go tool pprof, Grafana
+Pyroscope, Parca): one sample per block, sample type calls/count, frames
+leaf first as the block prints them (TARGET, kernel, user), label comm.
 
 Backends, best first: fentry/fexit (one function), kprobe-multi (globs),
 kprobe, ftrace (the function tracer with func_stack_trace and a filter, in

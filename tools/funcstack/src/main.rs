@@ -5,6 +5,7 @@
 mod bpfrun;
 mod cli;
 mod ftrace;
+mod profile;
 mod report;
 mod target;
 
@@ -60,6 +61,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         kdiag_shared::backend::parse_backend(b, &ALL).map_err(anyhow::Error::msg)?;
     }
     let svg = cli.stacks.create_svg()?;
+    let pprof = cli.stacks.create_pprof()?;
     precheck::check(precheck::Needs { btf: false, tracefs: false })?;
     // tracefs names tracepoints and carries the ftrace rung; a kernel
     // without it can still use fentry and kprobes.
@@ -213,6 +215,12 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
             count_name: "calls".into(),
         };
         report.write_svg(file, path, &labels)?;
+    }
+    if let (Some(file), Some(path)) = (pprof, &cli.stacks.pprof) {
+        let run = s.run().elapsed();
+        let started = std::time::SystemTime::now() - run;
+        profile::write(file, entries, started, run).with_context(|| format!("writing {}", path.display()))?;
+        say!("pprof profile written to {}", path.display());
     }
     Ok(())
 }

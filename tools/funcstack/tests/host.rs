@@ -4,6 +4,7 @@
 //! that other tests on the same kernel cannot change the counts.
 
 use kdiag_shared::backend::{Mechanism, ProbeError};
+use kdiag_testkit::consumers::pprof_raw;
 use kdiag_testkit::{assert_released, held_by, run, run_watching_programs, spawn, Output};
 use serde_json::Value;
 use std::ffi::CString;
@@ -456,4 +457,58 @@ fn stops_cleanly_at_any_moment() {
 #[test]
 fn survives_closed_outputs() {
     kdiag_testkit::assert_survives_closed_outputs(BIN, &[UMOUNT, "1"]);
+}
+
+/// `go tool pprof -raw` reads --pprof written during the same run as the
+/// text report: the same stacks, frames in the order printed (target,
+/// kernel callers, user callers), the same counts and total; the task's
+/// name is a label.
+#[test]
+fn go_tool_pprof_reads_what_the_text_says() {
+    let path = tmp("pprof").join("umount.pb.gz");
+    let arg = path.to_str().unwrap().to_string();
+    let (out, _) =
+        trace(&["-p", &me(), "-U", "--pprof", &arg, UMOUNT], || (umounts("fs-pprof-a", 3), umounts("fs-pprof-b", 1)));
+    assert!(out.stderr.contains(&format!("pprof profile written to {arg}")), "{}", out.stderr);
+    let prof = pprof_raw(&path);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert_eq!(prof.types, ["calls/count"]);
+    let mut from_pprof: Vec<(String, Vec<String>, i64)> = prof
+        .samples
+        .iter()
+        .map(|s| {
+            let comm = s.labels.iter().find(|(k, _)| k == "comm").expect("a comm label").1.clone();
+            (comm, s.frames.clone(), s.values[0])
+        })
+        .collect();
+    from_pprof.sort();
+    let mut from_text: Vec<(String, Vec<String>, i64)> = out
+        .stdout
+        .split("\n\n")
+        .filter(|b| b.starts_with("  tracepoint:"))
+        .map(|b| {
+            let lines: Vec<&str> = b.lines().collect();
+            let n = lines.len();
+            let comm = lines[n - 2].split_whitespace().next().unwrap().to_string();
+            let frames = lines[..n - 2].iter().map(|l| l.trim().to_string()).filter(|l| l != "--").collect();
+            (comm, frames, lines[n - 1].trim().parse().unwrap())
+        })
+        .collect();
+    from_text.sort();
+    assert!(from_text.iter().any(|(c, f, n)| c == "fs-pprof-a" && *n == 3 && f[0] == UMOUNT), "{from_text:?}");
+    assert!(from_text.iter().any(|(_, f, _)| f.len() > 3), "user frames too: {from_text:?}");
+    assert_eq!(from_pprof, from_text);
+    let total = out.stdout.lines().find_map(|l| l.strip_prefix("Total: ")).expect("a Total line");
+    assert!(total.starts_with(&format!("{} calls", prof.total("calls/count"))), "{total}");
+}
+
+#[test]
+fn an_unwritable_pprof_path_exits_2_and_attaches_nothing() {
+    let (out, progs) = run_watching_programs(BIN, &["--pprof", "/nonexistent-dir/f.pb.gz", UMOUNT]);
+    assert!(!progs.iter().any(|n| n.starts_with("fs_")), "{progs:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "funcstack: --pprof /nonexistent-dir/f.pb.gz: cannot write it: No such file or directory (os error 2)"
+    );
 }

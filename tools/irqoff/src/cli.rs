@@ -73,6 +73,9 @@ pub struct Cli {
     #[arg(long = "max-rate", value_name = "N", default_value = "50")]
     pub max_rate: u32,
 
+    #[command(flatten)]
+    pub metrics: kdiag_shared::metrics::MetricsArgs,
+
     /// How long to run (60, 90s, 5m); default until Ctrl-C.
     #[arg(value_parser = parse_duration)]
     pub duration: Option<Duration>,

@@ -3,7 +3,7 @@
 
 use crate::bpf::types::{irqoff_event, irqoff_stats};
 use crate::report::{CpuSummary, Kind, Record, StackOf, Summary};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kdiag_shared::histogram::Log2Hist;
 use kdiag_shared::maps;
 use kdiag_shared::output::{Sink, WallClock};
@@ -11,6 +11,12 @@ use kdiag_shared::runctl::RunControl;
 use kdiag_shared::stacks;
 use kdiag_shared::symbolize::Symbolizer;
 use std::time::Duration;
+
+/// The per-CPU counters of the CPUs watched, indexed like `cpus`.
+pub fn per_cpu_stats(map: &libbpf_rs::MapMut, cpus: &[u32]) -> Result<Vec<irqoff_stats>> {
+    let per_cpu = maps::percpu_values::<irqoff_stats>(map).context("reading statistics")?;
+    Ok(cpus.iter().map(|&c| per_cpu.get(c as usize).copied().unwrap_or_default()).collect())
+}
 
 /// Print a batch of records; returns how many were windows (not early
 /// "ongoing" records).

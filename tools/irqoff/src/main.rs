@@ -3,6 +3,7 @@
 
 mod cli;
 mod collect;
+mod metrics;
 mod params;
 mod report;
 mod steal;
@@ -16,11 +17,12 @@ use bpf::types::{irqoff_event, irqoff_stats};
 use bpf::IrqoffSkelBuilder;
 use kdiag_shared::backend::Mechanism;
 use kdiag_shared::lifecycle::Session;
+use kdiag_shared::metrics::Exporter;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::perf::{self, EventSpec, PerfEvent};
 use kdiag_shared::symbolize::Symbolizer;
 use kdiag_shared::transport::{self, Inbox, Kind as Transport};
-use kdiag_shared::{cpus, maps, precheck, say, warning, Errno};
+use kdiag_shared::{cpus, precheck, say, warning, Errno};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
@@ -49,6 +51,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let cpus = cpus::select(cli.cpus.as_deref(), &cpus::online()?)?;
     let mut sink = Sink::from_option(cli.log.as_deref())?;
     precheck::check(precheck::Needs::default())?;
+    let mut exporter = Exporter::start("irqoff", &cli.metrics)?;
 
     let clock_spec = EventSpec::SwCpuClock { period_ns: period.as_nanos() as u64 };
     let mut events = Events::default();
@@ -115,12 +118,15 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         );
     }
     say!(
-        "watching CPUs {} for interrupts off >= {} ms, events via {}{}. Ctrl-C to end.",
+        "watching CPUs {} for interrupts off >= {} ms, events via {}{}{}. Ctrl-C to end.",
         cpus::format_list(&cpus),
         cli.threshold_ms,
         transport.name(),
-        cli.log.as_ref().map(|p| format!(", appending to {}", p.display())).unwrap_or_default()
+        cli.log.as_ref().map(|p| format!(", appending to {}", p.display())).unwrap_or_default(),
+        exporter.describe()
     );
+    let setup = metrics::Setup { mode: if hw { "hw" } else { "sw" }, threshold, period };
+    let stats = || collect::per_cpu_stats(&skel.maps.stats, &cpus);
 
     let wall = WallClock::new();
     let mut symbolizer = Symbolizer::new();
@@ -130,13 +136,14 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let mut reported = 0u64;
     let reason = s.event_loop(Duration::from_millis(200), |wait| {
         reported += collect::flush(inbox.poll(wait)?, &wall, &mut symbolizer, &mut sink, cli.json, &steal)?;
+        exporter.update(|| Ok(metrics::render(&stats()?, &cpus, &setup)))?;
         Ok(None)
     })?;
     // Events already in the buffer when the run ended still belong to it.
     reported += collect::flush(inbox.poll(Duration::ZERO)?, &wall, &mut symbolizer, &mut sink, cli.json, &steal)?;
 
-    let per_cpu = maps::percpu_values::<irqoff_stats>(&skel.maps.stats).context("reading statistics")?;
-    let stats: Vec<irqoff_stats> = cpus.iter().map(|&c| per_cpu.get(c as usize).copied().unwrap_or_default()).collect();
+    let stats = stats()?;
+    let final_metrics = metrics::render(&stats, &cpus, &setup);
     let mut summary =
         collect::summarize(&stats, &cpus, mode, s.run(), reason.to_string(), threshold, period, reported, inbox.lost());
     summary.steal = steal.state();
@@ -153,6 +160,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     drop(inbox);
     drop(events);
     drop(idle_link);
+    exporter.finish(final_metrics);
     Ok(())
 }
 

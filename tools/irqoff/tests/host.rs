@@ -2,6 +2,7 @@
 //! real interrupts-off windows made by the test itself.
 
 use kdiag_shared::perf::{EventSpec, PerfEvent};
+use kdiag_testkit::consumers::{free_port, http_get, promtool_check, NodeExporter, Prometheus};
 use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde_json::Value;
@@ -195,33 +196,17 @@ fn detects_injected_windows(env: &[(&str, &str)], transport: &str) {
     assert!(banner.contains(&format!("events via {transport}")), "{banner}");
 
     let wanted_ms = [20u64, 50, 5];
-    let mut storage = MaybeUninit::uninit();
-    let mut open = inject::InjectSkelBuilder::default().open(&mut storage).unwrap();
-    let ro = open.maps.rodata_data.as_deref_mut().unwrap();
-    for (i, ms) in wanted_ms.iter().enumerate() {
-        ro.spins_ns[i] = ms * 1_000_000;
-    }
-    ro.nr_spins = wanted_ms.len() as u32;
-    let skel = open.load().unwrap();
-    let ev = PerfEvent::open(EventSpec::SwCpuClock { period_ns: 300_000_000 }, cpu).unwrap();
-    ev.attach_bpf(skel.progs.inject_irqoff.as_fd().as_raw_fd()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while skel.maps.bss_data.as_ref().unwrap().done < wanted_ms.len() as u32 {
-        assert!(Instant::now() < deadline, "injector did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(ev);
+    let injected = inject(cpu, &wanted_ms);
     std::thread::sleep(Duration::from_millis(300));
     r.signal(libc::SIGINT);
     let out = r.wait();
     assert!(out.status.success(), "{out:?}");
 
-    let bss = skel.maps.bss_data.as_ref().unwrap();
     let lines = out.json_lines();
     let windows: Vec<&Value> = lines.iter().filter(|l| l["type"] == "window").collect();
     let period_ns = 1_000_000u64;
     for (i, ms) in wanted_ms.iter().enumerate() {
-        let (start, spun) = (bss.start_ns[i], bss.spun_ns[i]);
+        let (start, spun) = injected[i];
         assert!(spun >= ms * 1_000_000, "spin {i} was {spun} ns");
         // A record covers [end - lat, end]; it belongs to this injection if
         // it ends within a few periods after the spin ended.
@@ -317,5 +302,114 @@ fn steal_time_agrees_with_proc_stat() {
         let kernel = after[cpu] - before[cpu];
         let slack = 15_000 + kernel / 20;
         assert!(ours.abs_diff(kernel) <= slack, "CPU {cpu}: irqoff {ours} us, /proc/stat {kernel} us\n{summary}");
+    }
+}
+
+/// Make interrupts-off windows of `ms` milliseconds each on `cpu` with the
+/// BPF spinner; returns when and for how long (ns) each really spun.
+fn inject(cpu: u32, ms: &[u64]) -> Vec<(u64, u64)> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open = inject::InjectSkelBuilder::default().open(&mut storage).unwrap();
+    let ro = open.maps.rodata_data.as_deref_mut().unwrap();
+    for (i, ms) in ms.iter().enumerate() {
+        ro.spins_ns[i] = ms * 1_000_000;
+    }
+    ro.nr_spins = ms.len() as u32;
+    let skel = open.load().unwrap();
+    let ev = PerfEvent::open(EventSpec::SwCpuClock { period_ns: 300_000_000 }, cpu).unwrap();
+    ev.attach_bpf(skel.progs.inject_irqoff.as_fd().as_raw_fd()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while skel.maps.bss_data.as_ref().unwrap().done < ms.len() as u32 {
+        assert!(Instant::now() < deadline, "injector did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(ev);
+    let bss = skel.maps.bss_data.as_ref().unwrap();
+    (0..ms.len()).map(|i| (bss.start_ns[i], bss.spun_ns[i])).collect()
+}
+
+fn per_cpu_samples(summary: &Value) -> u64 {
+    summary["per_cpu"].as_array().unwrap().iter().map(|c| c["samples"].as_u64().unwrap()).sum()
+}
+
+/// A real Prometheus scrapes --metrics while real windows happen; what its
+/// HTTP API then holds is exactly what irqoff's exit summary says, down to
+/// the last sample, and promtool finds nothing to lint in what we serve.
+#[test]
+fn prometheus_holds_what_the_summary_says() {
+    let cpu = last_cpu();
+    let _busy = Spinner::on(cpu);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let prom = Prometheus::start(addr);
+    let (cpu_arg, addr_arg) = (cpu.to_string(), addr.to_string());
+    let mut r = spawn(BIN, &["-t", "10", "-c", &cpu_arg, "--json", "--max-rate", "0", "--metrics", &addr_arg]);
+    let banner = r.wait_for_stderr(BANNER, START);
+    assert!(banner.contains(&format!("metrics on http://{addr}/metrics")), "{banner}");
+    prom.wait_until_up();
+    inject(cpu, &[20, 50]);
+    let served = http_get(addr, "/metrics").unwrap();
+    assert_eq!(promtool_check(&served), "", "{served}");
+    std::thread::sleep(Duration::from_millis(1500));
+    r.signal(libc::SIGINT);
+    let out = r.wait();
+    assert!(out.status.success(), "{out:?}");
+    let lines = out.json_lines();
+    let summary = lines.last().unwrap();
+    let last =
+        |m: &str| prom.query(&format!("sum(last_over_time({m}[5m]))")).unwrap_or_else(|| panic!("{m}: {}", prom.log()));
+    let windows = summary["windows"].as_u64().unwrap();
+    assert!(windows >= 2, "{summary}");
+    assert_eq!(last("kdiag_irqoff_window_seconds_count"), windows as f64, "{summary}");
+    assert_eq!(last("kdiag_irqoff_samples_total"), per_cpu_samples(summary) as f64, "{summary}");
+    // The 20 ms window is under 32.768 ms, the 50 ms one is not.
+    let short = lines.iter().filter(|l| l["type"] == "window" && l["lat_us"].as_u64().unwrap() < 32_768).count();
+    assert_eq!(last("kdiag_irqoff_window_seconds_bucket{le=\"0.032768\"}"), short as f64, "{lines:?}");
+    assert_eq!(prom.query("max(last_over_time(kdiag_irqoff_info{mode=\"sw\"}[5m]))"), Some(1.0));
+}
+
+/// node_exporter's textfile collector serves --metrics-file; after the run
+/// the file holds the summary's final counts.
+#[test]
+fn node_exporter_serves_the_metrics_file() {
+    let dir = std::env::temp_dir().join(format!("irqoff-textfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = NodeExporter::start(&dir);
+    let file = dir.join("irqoff.prom");
+    let out = run(BIN, &["--json", "--metrics-file", file.to_str().unwrap(), "--metrics-interval", "1s", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let summary = out.json_lines().pop().unwrap();
+    let served = node.metrics();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(served.lines().any(|l| l == "node_textfile_scrape_error 0"), "{served}");
+    assert!(served.contains("node_textfile_mtime_seconds{file=\""), "{served}");
+    let samples: u64 = served
+        .lines()
+        .filter(|l| l.starts_with("kdiag_irqoff_samples_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(samples, per_cpu_samples(&summary), "{served}");
+    assert!(served.contains("# TYPE kdiag_irqoff_window_seconds histogram"), "{served}");
+}
+
+/// Metrics flags the user got wrong: one line, exit 2, nothing loaded.
+#[test]
+fn bad_metrics_flags_exit_2_and_load_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--metrics", "nowhere"], "is not an address to listen on"),
+        (&["--metrics", &in_use], "cannot listen there"),
+        (
+            &["--metrics-file", "/nonexistent-dir/irqoff.prom"],
+            "--metrics-file /nonexistent-dir/irqoff.prom: cannot write",
+        ),
+        (&["--metrics-file", "/tmp/irqoff.txt"], "must end in .prom"),
+    ];
+    for (args, want) in cases {
+        let (out, progs) = run_watching_programs(BIN, args);
+        assert!(!progs.iter().any(|n| n.starts_with("irqoff_")), "{args:?} loaded {progs:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with("irqoff: ") && out.stderr.contains(want), "{args:?}: {}", out.stderr);
     }
 }

@@ -44,6 +44,11 @@ many user stacks look cut short (a binary built without frame pointers).
 --svg FILE writes that flame graph directly. --json prints one object per
 group ({\"type\":\"wakeup\", \"blocked_ns\", \"runq_ns\", \"count\", \"sleeper\":{...},
 \"waker\":{\"context\", ...}}) and a last {\"type\":\"summary\", ...}.
+--pprof FILE writes a gzipped pprof profile (go tool pprof, Grafana
+Pyroscope, Parca): one sample per group with sample types sleeps/count,
+blocked/nanoseconds (the default) and runqueue/nanoseconds; frames leaf
+first as the block prints them, a -- frame joining the waker's stacks to
+the sleeper's; labels comm (the sleeper) and waker.
 
 Examples:
   offwaketime -p 4182 30          who wakes process 4182's threads, for 30 s

@@ -6,6 +6,7 @@ mod attach;
 mod cli;
 mod collect;
 mod kernel;
+mod profile;
 mod report;
 
 mod bpf {
@@ -43,6 +44,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         }
     }
     let svg = cli.stacks.create_svg()?;
+    let pprof = cli.stacks.create_pprof()?;
     precheck::check(precheck::Needs { btf: true, tracefs: false })?;
 
     let mut kprobe_symbol = None;
@@ -131,6 +133,12 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
             count_name: "us".into(),
         };
         report.write_svg(file, path, &labels)?;
+    }
+    if let (Some(file), Some(path)) = (pprof, &cli.stacks.pprof) {
+        let run = s.run().elapsed();
+        let started = std::time::SystemTime::now() - run;
+        profile::write(file, &entries, started, run).with_context(|| format!("writing {}", path.display()))?;
+        say!("pprof profile written to {}", path.display());
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! and a workload (tests/workload/main.rs, built here with frame pointers)
 //! whose sleeps and wakers are known.
 
+use kdiag_testkit::consumers::pprof_raw;
 use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held, Output, Running};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -364,4 +365,73 @@ fn stops_cleanly_at_any_moment() {
 #[test]
 fn survives_closed_outputs() {
     kdiag_testkit::assert_survives_closed_outputs(BIN, &["-p", "1", "1"]);
+}
+
+/// One group as the text shows it: the sleeper's name, its frames in the
+/// order printed (waker's stacks, `--`, sleeper's), us blocked, us
+/// run-queue, sleeps.
+type Group = (String, Vec<String>, u64, u64, u64);
+
+fn text_groups(text: &str) -> Vec<Group> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n").filter(|b| b.starts_with("    waker:")) {
+        let lines: Vec<&str> = block.lines().collect();
+        let n = lines.len();
+        let comm = lines[n - 2].trim().strip_prefix("target:").unwrap().trim().rsplit_once(' ').unwrap().0.to_string();
+        let frames =
+            lines[1..n - 2].iter().map(|l| if l.trim() == "--               --" { "--" } else { l.trim() }.to_string());
+        let nums: Vec<u64> = lines[n - 1].split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        out.push((comm, frames.collect(), nums[0], nums[1], nums[2]));
+    }
+    out.sort();
+    out
+}
+
+/// `go tool pprof -raw` reads --pprof written during the same run as the
+/// text report: the same groups with the same frames, in the order the
+/// text prints them (leaf first: the waker's root down to the wakeup,
+/// `--`, the sleeper's wait up to its root), the same times, the same
+/// totals; the task names are labels.
+#[test]
+fn go_tool_pprof_reads_what_the_text_says() {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("owt-{}.pb.gz", std::process::id()));
+    let arg = path.to_str().unwrap().to_string();
+    let (out, _, _) = trace_workload(&["--pprof", &arg]);
+    assert!(out.stderr.contains(&format!("pprof profile written to {arg}")), "{}", out.stderr);
+    let prof = pprof_raw(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(prof.types, ["sleeps/count", "blocked/nanoseconds", "runqueue/nanoseconds"]);
+    let mut from_pprof: Vec<Group> = prof
+        .samples
+        .iter()
+        .map(|s| {
+            let comm = s.labels.iter().find(|(k, _)| k == "comm").expect("a comm label").1.clone();
+            let us = |ns: i64| ns as u64 / 1000;
+            (comm, s.frames.clone(), us(s.values[1]), us(s.values[2]), s.values[0] as u64)
+        })
+        .collect();
+    from_pprof.sort();
+    let from_text = text_groups(&out.stdout);
+    assert!(
+        from_text.iter().any(|g| g.0 == "owt-reader" && g.1.iter().any(|f| f.ends_with("pipe_read"))),
+        "{from_text:?}"
+    );
+    assert_eq!(from_pprof, from_text);
+    // The text's totals: microseconds of the summed nanoseconds.
+    let total = out.stdout.lines().find_map(|l| l.strip_prefix("Total: ")).expect("a Total line");
+    let nums: Vec<i64> = total.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(prof.total("blocked/nanoseconds") / 1000, nums[0], "{total}");
+    assert_eq!(prof.total("runqueue/nanoseconds") / 1000, nums[1], "{total}");
+    assert_eq!(prof.total("sleeps/count"), nums[2], "{total}");
+}
+
+#[test]
+fn an_unwritable_pprof_path_exits_2_and_loads_nothing() {
+    let (out, progs) = run_watching_programs(BIN, &["--pprof", "/nonexistent-dir/o.pb.gz", "1"]);
+    assert!(progs.is_empty(), "{progs:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "offwaketime: --pprof /nonexistent-dir/o.pb.gz: cannot write it: No such file or directory (os error 2)"
+    );
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what running each tool costs, measured on this
 //! kernel while a workload makes exactly the events the tool traces:
-//! - binary size of the static build;
+//! - binary size as it ships (the static build, symbols stripped);
 //! - start-up: exec to the banner (programs loaded and attached), median
 //!   of 5;
 //! - the kernel's own accounting of the tool's BPF programs (run_time_ns /
@@ -193,7 +193,7 @@ struct Row {
 
 fn measure(b: &Bench, target: &Target) -> Result<Row> {
     let args = (b.args)(target);
-    let size_kib = std::fs::metadata(binary(b.tool))?.len() / 1024;
+    let size_kib = std::fs::metadata(crate::tasks::shipped(b.tool)?)?.len() / 1024;
     let start = median_start(b.tool, &args)?;
     let run = |w: Workload| w.ns_per_op(RUN, &target.disk);
     let bare = b.workload.map(run).transpose()?;

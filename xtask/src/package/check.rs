@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(super) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -88,28 +88,30 @@ fn rpm_installs_and_erases_clean(p: &Packages) -> Result<()> {
     Ok(())
 }
 
-/// A bare Debian 12 (minbase plus man-db, to answer `man -w`).
-fn fresh_chroot() -> Result<PathBuf> {
+/// A bare Debian 12 in target/package/NAME: minbase plus the packages
+/// `include` lists (comma-separated).
+pub(super) fn fresh_chroot(name: &str, include: &str) -> Result<PathBuf> {
     apt_install(&["debootstrap"])?;
-    let dir = workspace_root().join("target/package/chroot");
+    let dir = workspace_root().join("target/package").join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     output(
         Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=man-db", "bookworm"])
+            .args(["--variant=minbase", &format!("--include={include}"), "bookworm"])
             .arg(&dir)
             .arg("http://deb.debian.org/debian"),
     )?;
     Ok(dir)
 }
 
-fn in_chroot(root: &Path, args: &[&str]) -> Result<String> {
+pub(super) fn in_chroot(root: &Path, args: &[&str]) -> Result<String> {
     output(Command::new("chroot").arg(root).args(args).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
 }
 
 fn deb_installs_works_and_purges_clean(p: &Packages) -> Result<()> {
-    let root = fresh_chroot()?;
+    // man-db answers `man -w`.
+    let root = fresh_chroot("chroot", "man-db")?;
     let before: BTreeSet<String> = all_paths(&root)?;
     std::fs::copy(&p.deb, root.join("tmp/kdiag.deb"))?;
     in_chroot(&root, &["dpkg", "-i", "/tmp/kdiag.deb"])?;
@@ -184,13 +186,14 @@ fn third_party_licenses_ship(p: &Packages) -> Result<()> {
 /// Run every check; each counts as one test in the suite's tally.
 pub fn run_checks(p: &Packages, tally: &mut Tally) -> Result<()> {
     type Check = fn(&Packages) -> Result<()>;
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("binaries_are_static", binaries_are_static),
         ("third_party_licenses_ship", third_party_licenses_ship),
         ("deb_lists_the_files", deb_lists_the_files),
         ("rpm_lists_the_files_and_verifies", rpm_lists_the_files_and_verifies),
         ("rpm_installs_and_erases_clean", rpm_installs_and_erases_clean),
         ("deb_installs_works_and_purges_clean", deb_installs_works_and_purges_clean),
+        ("service_runs_under_systemd", super::systemd::service_runs_under_systemd),
     ];
     let mut failed = Vec::new();
     for (name, check) in checks {

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod licenses;
+mod systemd;
 
 use crate::setup::{apt_install, run};
 use crate::tasks::{binary, build, workspace_root, TOOLS};
@@ -76,7 +77,7 @@ fn stage(root: &Path) -> Result<()> {
     let pkg = src.join("packaging");
     for tool in TOOLS {
         fs::create_dir_all(root.join("usr/sbin"))?;
-        fs::copy(binary(tool), root.join("usr/sbin").join(tool))?;
+        fs::copy(crate::tasks::shipped(tool)?, root.join("usr/sbin").join(tool))?;
         write(&root.join(format!("usr/share/man/man8/{tool}.8.gz")), gzip(&generated(tool, "man")?)?, 0o644)?;
         write(&root.join(format!("usr/share/bash-completion/completions/{tool}")), generated(tool, "bash")?, 0o644)?;
         write(&root.join(format!("usr/share/zsh/vendor-completions/_{tool}")), generated(tool, "zsh")?, 0o644)?;

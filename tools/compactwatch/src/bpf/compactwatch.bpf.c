@@ -229,7 +229,7 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 	struct cw_stats *s;
 	struct cw_event *e;
 	struct tstate *t;
-	bool failed;
+	bool failed, episode;
 
 	if (order < min_order)
 		return 0;
@@ -244,25 +244,30 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 		failed = BPF_CORE_READ(old, page) == 0;
 	}
 	CW_READ_UINT(gfp, ctx, gfp_flags);
+	tid = (__u32)pid_tgid;
+	t = bpf_map_lookup_elem(&tasks, &tid);
+	episode = t && t->active;
 	s = kd_stats();
+	/* Every index under one bounds check: the 6.1 verifier loses the
+	 * bound of a second check on the same order. */
 	if (s && order < CW_MAX_ORDER) {
 		if (failed)
 			s->alloc_fail[order]++;
 		else
 			s->alloc_ok[order]++;
+		if (episode && failed)
+			s->stalls_failed[order]++;
+		else if (episode)
+			s->stalls_ok[order]++;
 	}
 	if (failed) {
 		stack_id = stack_of(ctx);
 		count_fail(stack_id, order, gfp, pid_tgid, s);
 	}
-	tid = (__u32)pid_tgid;
-	t = bpf_map_lookup_elem(&tasks, &tid);
-	if (failed || (t && t->active)) {
+	if (failed || episode) {
 		/* A failure without an episode is a unit of its own. */
 		bool quiet = t && t->active ? t->quiet : over_rate();
 
-		if (!failed && s)
-			s->stalls++;
 		if (quiet)
 			withheld();
 		else if ((e = new_event(failed ? CW_ALLOC_FAIL : CW_ALLOC_DONE, pid_tgid))) {
@@ -452,14 +457,19 @@ int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+	struct cw_stats *s;
 	struct cw_event *e;
+	__u32 status; /* negative statuses wrap past the table */
 
 	if (!t || !t->running)
 		return 0;
 	t->running = 0;
-	if (!t->active) {
-		struct cw_stats *s = kd_stats();
-		if (s)
+	s = kd_stats();
+	if (s) {
+		status = ctx->status;
+		if (status < CW_MAX_STATUS)
+			s->runs_by_status[status]++;
+		if (!t->active)
 			s->background_runs++;
 	}
 	/* One branch on one read: the 6.1 verifier does not know that two

@@ -5,6 +5,7 @@
 
 #define CW_COMM_LEN 16
 #define CW_MAX_ORDER 16
+#define CW_MAX_STATUS 16 /* enum compact_result has about ten values */
 
 enum cw_kind {
 	CW_ALLOC_FAIL = 1,    /* mm_page_alloc returned no page (pfn -1) */
@@ -64,8 +65,10 @@ struct cw_stats {
 	__u64 fails_full;               /* failures not keyed: table full */
 	__u64 rate_limited;             /* allocations/runs not reported: --max-rate */
 	__u64 rate_limited_events;      /* the records they would have sent */
-	__u64 stalls;                   /* episodes that ended in a page */
 	__u64 background_runs;          /* compaction runs outside an episode */
+	__u64 stalls_ok[CW_MAX_ORDER];  /* episodes that ended in a page, by order */
+	__u64 stalls_failed[CW_MAX_ORDER]; /* episodes that ended in a failure */
+	__u64 runs_by_status[CW_MAX_STATUS]; /* every compaction run, by its end status */
 };
 
 #endif
