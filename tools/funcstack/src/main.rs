@@ -343,11 +343,20 @@ fn describe(err: &libbpf_rs::Error, stage: &str) -> String {
     }
 }
 
+/// Kernels before 5.15 lack bpf_get_func_ip; kprobes then read the address.
+fn have_func_ip() -> bool {
+    libbpf_rs::btf::Btf::from_vmlinux().is_ok_and(|b| kdiag_shared::probe::has_helper(&b, "BPF_FUNC_get_func_ip"))
+}
+
 /// Load the programs `m` needs and attach them to the target. Any failure
 /// is this rung's, and the ladder moves on.
 fn start_bpf(m: Mechanism, target: &Resolved, cli: &cli::Cli, nr_args: Option<u32>) -> Result<BpfSession, String> {
     let functions = target.functions();
     let want_ip = functions.len() > 1;
+    let have_func_ip = have_func_ip();
+    if want_ip && cli.ret && !have_func_ip && m != Mechanism::Ftrace {
+        return Err("telling several functions' returns apart needs bpf_get_func_ip (first in 5.15)".into());
+    }
     if m == Mechanism::Fentry && nr_args.is_none() {
         return Err(format!("{} is not described in the kernel's BTF", functions.first().map_or("", |f| f.as_str())));
     }
@@ -363,7 +372,7 @@ fn start_bpf(m: Mechanism, target: &Resolved, cli: &cli::Cli, nr_args: Option<u3
     // A refused load is an expected answer on this ladder: keep libbpf's
     // long explanation off stderr, the banner says it once.
     let saved = libbpf_rs::set_print(None);
-    let result = load_and_attach(storage, m, target, cli, nr_args, want_ip);
+    let result = load_and_attach(storage, m, target, cli, nr_args, want_ip, have_func_ip);
     libbpf_rs::set_print(saved);
     result
 }
@@ -375,6 +384,7 @@ fn load_and_attach(
     cli: &cli::Cli,
     nr_args: Option<u32>,
     want_ip: bool,
+    have_func_ip: bool,
 ) -> Result<BpfSession, String> {
     let functions = target.functions();
     let mut open = FuncstackSkelBuilder::default().open(storage).map_err(|e| describe(&e, "open"))?;
@@ -389,6 +399,7 @@ fn load_and_attach(
     }
     ro.want_ustack = cli.user_stacks;
     ro.want_ip = want_ip;
+    ro.have_func_ip = have_func_ip;
     ro.nr_args = nr_args.unwrap_or(0);
     let p = &mut open.progs;
     let is_tp = matches!(target, Resolved::Tracepoint { .. });
