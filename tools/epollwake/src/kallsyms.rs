@@ -40,6 +40,15 @@ pub fn function_ranges(kallsyms: &str, names: &[&str]) -> Result<HashMap<String,
         .collect())
 }
 
+/// Can the kernel's unwinder see through a kretprobe (5.16: "x86/unwind:
+/// Recover kretprobe trampoline entry", whose helper is
+/// kretprobe_find_ret_addr)? Before, a stack taken inside a kretprobed
+/// function loses every frame above it: a kretprobe on ep_poll_callback
+/// would hide which socket callback called it.
+pub fn unwinds_through_kretprobes(kallsyms: &str) -> bool {
+    kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("kretprobe_find_ret_addr"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +73,12 @@ mod tests {
     }
 
     /// This kernel: the functions the tracepoint backend needs are there.
+    #[test]
+    fn kretprobe_unwinding_by_symbol() {
+        assert!(unwinds_through_kretprobes("ffffffff81100000 T kretprobe_find_ret_addr\n"));
+        assert!(!unwinds_through_kretprobes("ffffffff81100000 T kretprobe_trampoline\n"));
+    }
+
     #[test]
     fn this_kernel_has_the_epoll_callbacks() {
         let k = std::fs::read_to_string("/proc/kallsyms").unwrap();

@@ -108,10 +108,17 @@ fn run(cli: cli::Cli) -> Result<()> {
     // kernel has them as functions of their own; without one, its herds
     // are grouped by timing instead.
     let (mut readable_cb, mut wakeup_cb) = (false, false);
+    // Without a kretprobe on ep_poll_callback (see
+    // unwinds_through_kretprobes), its slot is believed only for wake-ups
+    // whose stack passes through it.
+    let by_stack = mech == Mechanism::Kprobe && !kallsyms::unwinds_through_kretprobes(&k);
     if epitem {
-        let found = kallsyms::function_ranges(&k, &KSYMS[1..]).unwrap_or_default();
+        let found = kallsyms::function_ranges(&k, &KSYMS).unwrap_or_default();
         readable_cb = found.contains_key("sock_def_readable");
         wakeup_cb = found.contains_key("sock_def_wakeup");
+        if let Some(&(s, e)) = found.get(KSYMS[0]).filter(|_| by_stack) {
+            ranges[0] = [s, e];
+        }
     } else {
         match kallsyms::function_ranges(&k, &KSYMS) {
             Ok(r) => {
@@ -137,13 +144,14 @@ fn run(cli: cli::Cli) -> Result<()> {
     ro.targ_tgid = pid;
     ro.filter_tids = !cli.tids.is_empty();
     ro.epitem_backend = epitem;
+    ro.epitem_by_stack = by_stack;
     ro.ksym_range = ranges;
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf).map_err(|e| anyhow!(e))?;
     let p = &mut open.progs;
     p.ew_fentry_epcb.set_autoload(mech == Mechanism::Fentry);
     p.ew_fexit_epcb.set_autoload(mech == Mechanism::Fentry);
     p.ew_kprobe_epcb.set_autoload(mech == Mechanism::Kprobe);
-    p.ew_kretprobe_epcb.set_autoload(mech == Mechanism::Kprobe);
+    p.ew_kretprobe_epcb.set_autoload(mech == Mechanism::Kprobe && !by_stack);
     let fentry = mech == Mechanism::Fentry;
     let kprobe = mech == Mechanism::Kprobe;
     p.ew_fentry_readable.set_autoload(fentry && readable_cb);
