@@ -49,6 +49,9 @@ pub struct KernelSpec {
     /// (asserted against the config before the guest asserts them).
     pub works: &'static [&'static str],
     pub refused: &'static [&'static str],
+    /// Runs the guest's stress test: every tool attached and detached over
+    /// and over (the kernels a lockup was seen on or near).
+    pub stress: bool,
 }
 
 /// qemu's TCG emulates no PMU, so hardware cycles never work in a guest.
@@ -67,6 +70,7 @@ pub const KERNELS: &[KernelSpec] = &[
         headers_meta: "linux-headers-amd64",
         works: &["fentry", "kprobe", "ftrace"],
         refused: &["kprobe-multi"],
+        stress: true,
     },
     KernelSpec {
         label: "6.1",
@@ -75,6 +79,7 @@ pub const KERNELS: &[KernelSpec] = &[
         headers_meta: "linux-headers-amd64",
         works: &["fentry", "kprobe", "ftrace"],
         refused: &["kprobe-multi"],
+        stress: true,
     },
     KernelSpec {
         label: "6.12",
@@ -83,6 +88,7 @@ pub const KERNELS: &[KernelSpec] = &[
         headers_meta: "linux-headers-6.12-amd64",
         works: &["kprobe-multi", "fentry", "kprobe", "ftrace"],
         refused: &[],
+        stress: false,
     },
 ];
 
