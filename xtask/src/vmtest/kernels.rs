@@ -90,6 +90,16 @@ pub const KERNELS: &[KernelSpec] = &[
         refused: &[],
         stress: false,
     },
+    // PREEMPT_RT: interrupt handlers and softirqs run in threads.
+    KernelSpec {
+        label: "6.12-rt",
+        suites: &[],
+        image_meta: "linux-image-6.12-rt-amd64",
+        headers_meta: "linux-headers-6.12-rt-amd64",
+        works: &["kprobe-multi", "fentry", "kprobe", "ftrace"],
+        refused: &[],
+        stress: false,
+    },
 ];
 
 /// A kernel ready to boot.

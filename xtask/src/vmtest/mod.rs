@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Which guest kernels: 5.10, 6.1, 6.12 or all.
-    #[arg(long, default_value = "all", value_name = "5.10|6.1|6.12|all")]
+    /// Which guest kernels: 5.10, 6.1, 6.12, 6.12-rt or all.
+    #[arg(long, default_value = "all", value_name = "5.10|6.1|6.12|6.12-rt|all")]
     pub kernel: String,
     /// Run only the guest tests whose name contains NAME (e.g. ladder,
     /// irqoff, kmod-memory).
@@ -78,6 +78,10 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// Guests booted at once. With thread=single each emulator is one busy
+/// host thread, so two fill CI's two cores.
+const PARALLEL: usize = 2;
 
 /// Rounds of the guest's stress test on the kernels that run it.
 const STRESS_ROUNDS: u32 = 2;
@@ -145,9 +149,15 @@ fn fail(name: &str, detail: impl Into<String>) -> TestResult {
     TestResult { name: name.into(), pass: false, detail: detail.into() }
 }
 
-fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, built: &[&str]) -> KernelRun {
+fn run_kernel(
+    spec: &'static kernels::KernelSpec,
+    prepared: Result<Kernel>,
+    root: &Path,
+    args: &Args,
+    built: &[&str],
+) -> KernelRun {
     let mut run = KernelRun { label: spec.label, release: String::new(), results: vec![], times: String::new() };
-    let kernel = match kernels::prepare(spec, root, &workspace_root().join("tests/kmod")) {
+    let kernel = match prepared {
         Ok(k) => k,
         Err(e) => {
             run.results.push(fail("vm.prepare", format!("{e:#}")));
@@ -280,8 +290,23 @@ fn run_counted(args: &Args, tally: &mut Tally) -> Result<()> {
                 .collect();
             host_results = build_failures;
             let root = workspace_root().join("target/vmtest");
-            for s in &specs {
-                runs.push(run_kernel(s, &root, args, &built));
+            // Downloads and module builds one after another (apt and make
+            // share the host); then the guests, PARALLEL at a time: each
+            // is mostly one busy emulator thread.
+            let kmod = workspace_root().join("tests/kmod");
+            let prepared: Vec<_> = specs.iter().map(|s| (*s, kernels::prepare(s, &root, &kmod))).collect();
+            let mut prepared = prepared.into_iter();
+            loop {
+                let batch: Vec<_> = prepared.by_ref().take(PARALLEL).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                let (root, built) = (&root, &built);
+                runs.extend(std::thread::scope(|sc| {
+                    let hs: Vec<_> =
+                        batch.into_iter().map(|(s, k)| sc.spawn(move || run_kernel(s, k, root, args, built))).collect();
+                    hs.into_iter().map(|h| h.join().expect("a guest thread panicked")).collect::<Vec<_>>()
+                }));
             }
         }
     }
