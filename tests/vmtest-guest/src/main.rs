@@ -183,9 +183,9 @@ mod tests {
         let c = Ctx::from_cmdline("console=ttyS0 quiet kdiag_filter=irq kdiag_expect=kprobe,fentry kdiag_absent=");
         assert_eq!(c.filter.as_deref(), Some("irq"));
         assert_eq!(c.stress_rounds, None);
-        let c = Ctx::from_cmdline("kdiag_stress_rounds=5 kdiag_stress_rounds=2");
-        assert_eq!(c.stress_rounds, Some(5));
         assert_eq!(c.expect, ["kprobe", "fentry"]);
         assert!(c.absent.is_empty());
+        let c = Ctx::from_cmdline("kdiag_stress_rounds=5 kdiag_stress_rounds=2");
+        assert_eq!(c.stress_rounds, Some(5));
     }
 }
