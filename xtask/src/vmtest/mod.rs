@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub filter: Option<String>,
     /// Seconds a guest may run before it is killed and counted as failed.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub timeout: u64,
     /// How qemu emulates the two vCPUs: on one host thread (single, the
     /// suite's choice) or one thread each (multi, qemu's own default).
@@ -46,7 +46,7 @@ pub struct Args {
 
 impl Default for Args {
     fn default() -> Self {
-        Args { kernel: "all".into(), filter: None, timeout: 300, tcg: qemu::Tcg::Single, append: None }
+        Args { kernel: "all".into(), filter: None, timeout: 600, tcg: qemu::Tcg::Single, append: None }
     }
 }
 
@@ -84,7 +84,7 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
 const PARALLEL: usize = 2;
 
 /// Rounds of the guest's stress test on the kernels that run it.
-const STRESS_ROUNDS: u32 = 2;
+const STRESS_ROUNDS: u32 = 1;
 
 const GUEST_CRATE: &str = "kdiag-vmtest-guest";
 const GUEST_BIN: &str = "kdiag-vmtest-init";
