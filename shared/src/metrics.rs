@@ -302,12 +302,12 @@ impl Exporter {
         let Some(path) = &self.file else { return };
         match write_atomically(path, text) {
             Ok(()) if self.file_failing => {
-                eprintln!("{}: --metrics-file {}: written again", self.tool, path.display());
+                crate::say!("--metrics-file {}: written again", path.display());
                 self.file_failing = false;
             }
             Ok(()) => {}
             Err(e) if !self.file_failing => {
-                eprintln!("{}: warning: --metrics-file {}: {e}; will retry", self.tool, path.display());
+                crate::warning!("--metrics-file {}: {e}; will retry", path.display());
                 self.file_failing = true;
             }
             Err(_) => {}

@@ -51,6 +51,16 @@ pub fn kernel_supports(m: Mechanism) -> Result<(), ProbeError> {
     try_mechanism(m)
 }
 
+/// Does this kernel have the BPF helper `name` (e.g.
+/// "BPF_FUNC_get_func_ip", 5.15)? Its `enum bpf_func_id` lists every helper
+/// it was built with. A program may still carry a call to a missing helper
+/// behind a read-only flag: the verifier drops branches it proves dead.
+pub fn has_helper(btf: &libbpf_rs::btf::Btf<'_>, name: &str) -> bool {
+    let Some(e) = btf.type_by_name::<libbpf_rs::btf::types::Enum<'_>>("bpf_func_id") else { return false };
+    let found = e.iter().any(|m| m.name.and_then(|n| n.to_str()) == Some(name));
+    found
+}
+
 fn try_mechanism(m: Mechanism) -> Result<(), ProbeError> {
     let mut storage = MaybeUninit::uninit();
     let mut open = ProbeSkelBuilder::default()
@@ -102,6 +112,15 @@ mod tests {
     fn tracepoint_and_software_clock_are_supported() {
         assert_eq!(kernel_supports(Mechanism::Tracepoint), Ok(()));
         assert_eq!(kernel_supports(Mechanism::PerfSw), Ok(()));
+    }
+
+    /// The host is 6.18: helpers of 5.15 are there, made-up ones are not.
+    #[test]
+    fn helpers_from_btf() {
+        let btf = libbpf_rs::btf::Btf::from_vmlinux().unwrap();
+        assert!(has_helper(&btf, "BPF_FUNC_get_func_ip"));
+        assert!(has_helper(&btf, "BPF_FUNC_get_attach_cookie"));
+        assert!(!has_helper(&btf, "BPF_FUNC_no_such_helper"));
     }
 
     /// Cross-check against an independent witness: the kprobe PMU exists in

@@ -80,17 +80,59 @@ impl Tally {
     }
 }
 
+/// What a libtest run printed: each test binary announces "running N
+/// tests" and closes with a "test result:" line. A binary that crashed
+/// (a signal, an abort) never closes: it counts as one failure, since
+/// its results are unknown.
+#[derive(Default)]
+struct LibtestOutput {
+    tally: Tally,
+    open: bool,
+    crashed: u64,
+}
+
+impl LibtestOutput {
+    fn line(&mut self, line: &str) {
+        let l = line.trim_end();
+        if l.starts_with("running ") && (l.ends_with(" tests") || l.ends_with(" test")) {
+            self.close_crashed();
+            self.open = true;
+        } else if let Some(t) = Tally::from_libtest_line(l) {
+            self.tally.add(t);
+            self.open = false;
+        }
+    }
+
+    fn close_crashed(&mut self) {
+        if self.open {
+            self.crashed += 1;
+            self.open = false;
+        }
+    }
+
+    fn finish(mut self) -> (Tally, u64) {
+        self.close_crashed();
+        let mut t = self.tally;
+        t.failed += self.crashed;
+        (t, self.crashed)
+    }
+}
+
 /// Run `cmd`, echoing its output, and add up the libtest results it prints.
 fn cargo_test(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let mut out = LibtestOutput::default();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(t) = Tally::from_libtest_line(&line) {
-            tally.add(t);
-        }
+        out.line(&line);
     }
     let status = child.wait()?;
+    let (t, crashed) = out.finish();
+    tally.add(t);
+    if crashed > 0 {
+        eprintln!("xtask: {crashed} test binary(ies) ended without a result line (crashed): counted as failed");
+    }
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -100,19 +142,36 @@ fn cargo_test(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
 pub fn test() -> Result<()> {
     crate::setup::apt_install(crate::setup::TEST_PACKAGES)?;
     let mut tally = Tally::default();
-    let result = run_suites(&mut tally);
+    let errors = run_suites(&mut tally);
+    // A stage that failed without a test result of its own (a build, the
+    // packages) still counts once, so the closing line never reads
+    // "0 failed" next to a failed suite.
+    let counted = tally.failed;
+    for e in &errors {
+        eprintln!("xtask: {e:#}");
+    }
+    if counted == 0 && !errors.is_empty() {
+        tally.failed += errors.len() as u64;
+    }
     // The closing line CI and people read, also when a suite failed.
     println!("\nkdiag: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
-    result
+    match errors.len() {
+        0 => Ok(()),
+        n => bail!("{n} part(s) of the suite failed"),
+    }
 }
 
-fn run_suites(tally: &mut Tally) -> Result<()> {
+/// Every part runs, whatever failed before it; each failure is returned.
+fn run_suites(tally: &mut Tally) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
     // xtask itself is host code; everything else is tested as the static
-    // musl build. One test thread: BPF tests share this kernel.
-    cargo_test(cargo().args(["test", "-p", "xtask"]), tally)?;
-    cargo_test(
-        cargo().args([
+    // musl build. One test thread: BPF tests share this kernel. No fail
+    // fast: a failing test binary must not hide the ones after it.
+    let parts: [&[&str]; 2] = [
+        &["test", "--no-fail-fast", "-p", "xtask"],
+        &[
             "test",
+            "--no-fail-fast",
             "--release",
             "--target",
             MUSL_TARGET,
@@ -124,12 +183,25 @@ fn run_suites(tally: &mut Tally) -> Result<()> {
             "--tests",
             "--",
             "--test-threads=1",
-        ]),
-        tally,
-    )?;
-    let packages = crate::package::package()?;
-    crate::package::check::run_checks(&packages, tally)?;
-    crate::vmtest::suite(tally)
+        ],
+    ];
+    for args in parts {
+        if let Err(e) = cargo_test(cargo().args(args), tally) {
+            errors.push(e);
+        }
+    }
+    match crate::package::package() {
+        Ok(packages) => {
+            if let Err(e) = crate::package::check::run_checks(&packages, tally) {
+                errors.push(e);
+            }
+        }
+        Err(e) => errors.push(e.context("building the packages")),
+    }
+    if let Err(e) = crate::vmtest::suite(tally) {
+        errors.push(e);
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -145,5 +217,27 @@ mod tests {
         let t = Tally::from_libtest_line("test result: FAILED. 9 passed; 1 failed; 0 ignored; 0 measured");
         assert_eq!(t, Some(Tally { passed: 9, failed: 1, ignored: 0 }));
         assert_eq!(Tally::from_libtest_line("running 10 tests"), None);
+    }
+
+    #[test]
+    fn a_binary_without_a_result_line_crashed() {
+        let mut out = LibtestOutput::default();
+        for l in [
+            "running 2 tests",
+            "test a ... ok",
+            "test b ... ok",
+            "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "running 3 tests",
+            "test c ... ok",
+            // SIGSEGV here: no result line; the next binary starts.
+            "running 1 test",
+            "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "running 4 tests",
+        ] {
+            out.line(l);
+        }
+        let (t, crashed) = out.finish();
+        assert_eq!(crashed, 2);
+        assert_eq!(t, Tally { passed: 3, failed: 2, ignored: 0 });
     }
 }

@@ -14,6 +14,8 @@
 //!   kdiag_filter=SUBSTRING  run only tests whose name contains it
 //!   kdiag_expect=m1,m2      attach mechanisms this kernel must accept
 //!   kdiag_absent=m1,m2      attach mechanisms this kernel must refuse
+//!   kdiag_stress_rounds=N   run the stress tests, N rounds (the first
+//!                           such word counts)
 
 mod backends;
 mod blkreq;
@@ -24,6 +26,7 @@ mod irqoff;
 mod kmod;
 mod ladder;
 mod offwaketime;
+mod stress;
 mod sys;
 mod tool;
 
@@ -36,6 +39,8 @@ pub struct Ctx {
     pub filter: Option<String>,
     pub expect: Vec<String>,
     pub absent: Vec<String>,
+    /// Rounds of the stress test; None: the host did not ask for it.
+    pub stress_rounds: Option<u32>,
 }
 
 impl Ctx {
@@ -49,6 +54,8 @@ impl Ctx {
                 ctx.expect = list(v);
             } else if let Some(v) = word.strip_prefix("kdiag_absent=") {
                 ctx.absent = list(v);
+            } else if let Some(v) = word.strip_prefix("kdiag_stress_rounds=") {
+                ctx.stress_rounds = ctx.stress_rounds.or(v.parse().ok());
             }
         }
         ctx
@@ -113,6 +120,8 @@ const TESTS: &[Test] = &[
     Test { name: "offwaketime", run: offwaketime::run },
     Test { name: "funcstack", run: funcstack::run },
     Test { name: "epollwake", run: epollwake::run },
+    Test { name: "tracefs-toggle", run: stress::toggle_tracepoints },
+    Test { name: "stress", run: stress::run },
 ];
 
 fn setup(rep: &mut Reporter) {
@@ -173,7 +182,10 @@ mod tests {
     fn cmdline_words() {
         let c = Ctx::from_cmdline("console=ttyS0 quiet kdiag_filter=irq kdiag_expect=kprobe,fentry kdiag_absent=");
         assert_eq!(c.filter.as_deref(), Some("irq"));
+        assert_eq!(c.stress_rounds, None);
         assert_eq!(c.expect, ["kprobe", "fentry"]);
         assert!(c.absent.is_empty());
+        let c = Ctx::from_cmdline("kdiag_stress_rounds=5 kdiag_stress_rounds=2");
+        assert_eq!(c.stress_rounds, Some(5));
     }
 }

@@ -94,6 +94,11 @@ pub struct Config {
     /// Admit a request at the first probe after block_getrq that sees its
     /// bio (see `bio_births` in the BPF code): kernels before 6.5.
     pub bio_births: bool,
+    /// Which argument of block_getrq is the bio: 0, or 1 before 5.11.
+    pub getrq_bio: u8,
+    /// Kprobes carry their target id as a cookie (5.15); before, the BPF
+    /// side finds it by the probed address.
+    pub have_cookies: bool,
 }
 
 fn configure(open: &mut OpenBlkreqSkel<'_>, cfg: &Config, res: &Resolved) -> Result<()> {
@@ -111,6 +116,8 @@ fn configure(open: &mut OpenBlkreqSkel<'_>, cfg: &Config, res: &Resolved) -> Res
     }
     ro.filter_op = cfg.op.map(|o| o as i32).unwrap_or(-1);
     ro.bio_births = cfg.bio_births;
+    ro.getrq_bio_arg = cfg.getrq_bio as u32;
+    ro.have_cookies = cfg.have_cookies;
     for t in res.all().filter(|t| t.skip.is_none()) {
         let i = t.id as usize;
         ro.tgt_posmask[i] = t.site.posmask();
@@ -120,6 +127,9 @@ fn configure(open: &mut OpenBlkreqSkel<'_>, cfg: &Config, res: &Resolved) -> Res
     // Never deleted during a run: at most one entry per admitted pointer.
     open.maps.tracked.set_max_entries(cfg.count).context("sizing the request table")?;
     open.maps.events_ring.set_max_entries(ring_bytes(cfg.count)).context("sizing the ring buffer")?;
+    // A full `sessions` is the admission bound.
+    open.maps.sessions.set_max_entries(cfg.count).context("sizing the session table")?;
+    open.maps.live.set_max_entries(cfg.count).context("sizing the live-session table")?;
     cfg.transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
     for mut p in open.open_object_mut().progs_mut() {
         p.set_autoload(false);
@@ -262,7 +272,12 @@ pub fn load_and_attach<'s>(storage: &'s Storage, plan: &Plan, cfg: &Config, res:
     match plan.funcs {
         Some(Mechanism::KprobeMulti) => attach_kmulti(&mut a, &funcs),
         Some(Mechanism::Fentry) => attach_fentry(&mut a, storage, cfg, res, &funcs)?,
-        Some(Mechanism::Kprobe) => attach_kprobes(&mut a, &funcs),
+        Some(Mechanism::Kprobe) => {
+            if !cfg.have_cookies {
+                fill_kprobe_ids(&mut a.core, &funcs)?;
+            }
+            attach_kprobes(&mut a, &funcs, cfg.have_cookies)
+        }
         _ => {}
     }
     a.attach_time = started.elapsed();
@@ -306,13 +321,31 @@ fn attach_kmulti(a: &mut Attached, funcs: &[&Target]) {
     go(a, funcs)
 }
 
+/// Without attach cookies the kprobe program finds its target by address.
+fn fill_kprobe_ids(core: &mut BlkreqSkel<'_>, funcs: &[&Target]) -> Result<()> {
+    use libbpf_rs::MapCore;
+    // The address a kprobe on a name lands on: the kernel's own lookup by
+    // name finds the first text symbol of that name.
+    let k = kdiag_shared::ksyms::require()?;
+    for t in funcs {
+        if let Some(a) = k.function(&t.site.name).map(|f| f.addr) {
+            core.maps
+                .kprobe_ids
+                .update(&a.to_ne_bytes(), &t.id.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+                .with_context(|| format!("kprobe id of {}", t.site.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Single kprobes: each registration is its own syscall and text patch,
 /// so spread them over a few threads.
-fn attach_kprobes(a: &mut Attached, funcs: &[&Target]) {
+fn attach_kprobes(a: &mut Attached, funcs: &[&Target], cookies: bool) {
     let prog = find_prog(&mut a.core, "brq_kprobe").expect("kprobe program");
     let ptr = prog.as_libbpf_object().as_ptr() as usize;
     let jobs: Vec<(String, String, u64)> =
-        funcs.iter().map(|t| (t.label(), t.site.name.clone(), t.id as u64)).collect();
+        // libbpf refuses any cookie where the kernel has none (before 5.15).
+        funcs.iter().map(|t| (t.label(), t.site.name.clone(), if cookies { t.id as u64 } else { 0 })).collect();
     let per = jobs.len().div_ceil(8).max(1);
     let results: Vec<(String, Result<Link, String>)> = {
         std::thread::scope(|s| {
@@ -419,6 +452,9 @@ fn load_fentry_group<'s>(
     configure(&mut open, cfg, res).map_err(|e| libbpf_rs::Error::from(std::io::Error::other(e.to_string())))?;
     let m = &mut open.maps;
     m.tracked.reuse_fd(core.maps.tracked.as_fd())?;
+    m.sessions.reuse_fd(core.maps.sessions.as_fd())?;
+    m.live.reuse_fd(core.maps.live.as_fd())?;
+    m.claims.reuse_fd(core.maps.claims.as_fd())?;
     m.stats.reuse_fd(core.maps.stats.as_fd())?;
     m.scratch.reuse_fd(core.maps.scratch.as_fd())?;
     m.depth.reuse_fd(core.maps.depth.as_fd())?;
@@ -477,6 +513,8 @@ mod tests {
                 op: Some(1),
                 transport,
                 bio_births: true,
+                getrq_bio: 0,
+                have_cookies: transport == Transport::RingBuf,
             };
             let res = resolved();
             let storage = Storage::new();
@@ -508,6 +546,8 @@ mod tests {
             op: None,
             transport: Transport::RingBuf,
             bio_births: false,
+            getrq_bio: 0,
+            have_cookies: true,
         };
         let res = resolved();
         let plan = Plan {

@@ -90,16 +90,13 @@ pub fn scan(btf: &Btf<'_>) -> Vec<Site> {
     funcs
 }
 
-/// Does `tracepoint` pass just a bio? block_getrq does since 5.11; before,
-/// it passed the queue first, and the birth-by-bio admission that reads its
-/// first argument must stay off.
-pub fn passes_only_a_bio(btf: &Btf<'_>, tracepoint: &str) -> bool {
-    let Some(t) = btf.type_by_name::<Typedef<'_>>(&format!("btf_trace_{tracepoint}")) else { return false };
-    let Some(proto) = t.next_type().filter(|p| p.kind() == BtfKind::Ptr).and_then(|p| p.next_type()) else {
-        return false;
-    };
-    let Ok(proto) = FuncProto::try_from(proto) else { return false };
-    let params: Vec<_> = proto.iter().collect();
+/// Which argument of `tracepoint` is a bio, if any (the leading `void *`
+/// not counted). block_getrq passes just the bio since 5.11; before, the
+/// queue, the bio and the op.
+pub fn bio_position(btf: &Btf<'_>, tracepoint: &str) -> Option<u8> {
+    let t = btf.type_by_name::<Typedef<'_>>(&format!("btf_trace_{tracepoint}"))?;
+    let proto = t.next_type().filter(|p| p.kind() == BtfKind::Ptr).and_then(|p| p.next_type())?;
+    let proto = FuncProto::try_from(proto).ok()?;
     let is_bio = |ty| {
         btf.type_by_id::<BtfType<'_>>(ty).is_some_and(|t| {
             let t = t.skip_mods_and_typedefs();
@@ -109,7 +106,8 @@ pub fn passes_only_a_bio(btf: &Btf<'_>, tracepoint: &str) -> bool {
                     .is_some_and(|s| s.kind() == BtfKind::Struct && s.name().is_some_and(|n| n == "bio"))
         })
     };
-    params.len() == 2 && is_bio(params[1].ty)
+    let pos = proto.iter().skip(1).position(|p| is_bio(p.ty))?;
+    Some(pos as u8)
 }
 
 /// What blkreq needs from the running kernel's BTF, read once.
@@ -118,8 +116,11 @@ pub struct Kernel {
     pub sites: Vec<Site>,
     /// `enum req_op`, for --op.
     pub ops: Vec<(String, u32)>,
-    /// block_getrq passes just a bio (see `passes_only_a_bio`).
-    pub getrq_passes_only_a_bio: bool,
+    /// Which argument of block_getrq is the bio (see `bio_position`).
+    pub getrq_bio: Option<u8>,
+    /// Kprobes can carry a cookie (5.15): the helper is in the kernel's
+    /// list of BPF helpers.
+    pub has_attach_cookies: bool,
 }
 
 impl Kernel {
@@ -128,7 +129,8 @@ impl Kernel {
         Ok(Kernel {
             sites: scan_kernel(&btf),
             ops: request_ops(&btf),
-            getrq_passes_only_a_bio: passes_only_a_bio(&btf, "block_getrq"),
+            getrq_bio: bio_position(&btf, "block_getrq"),
+            has_attach_cookies: kdiag_shared::probe::has_helper(&btf, "BPF_FUNC_get_attach_cookie"),
         })
     }
 }
@@ -144,6 +146,20 @@ fn scan_kernel(btf: &Btf<'_>) -> Vec<Site> {
         sites.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     }
     sites
+}
+
+/// The loaded modules that have no BTF of their own (kernels before 5.11,
+/// or built without CONFIG_DEBUG_INFO_BTF_MODULES): their functions
+/// cannot be found, so the banner says they are not followed.
+pub fn modules_without_btf() -> Vec<String> {
+    let dir = std::path::Path::new(VMLINUX).parent().expect("a directory");
+    std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|m| !dir.join(m).exists())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Functions of every module with BTF that take a request.
@@ -248,6 +264,8 @@ mod tests {
         // Tracepoints: the leading void * is not counted.
         assert_eq!(find(&sites, "block_rq_issue", Kind::Tracepoint).positions, vec![0]);
         assert_eq!(find(&sites, "block_rq_complete", Kind::Tracepoint).positions, vec![0]);
+        // The host is 6.18: attach cookies since 5.15.
+        assert!(Kernel::read().unwrap().has_attach_cookies);
         // block_bio_queue takes a bio, not a request.
         assert!(!sites.iter().any(|s| s.name == "block_bio_queue"));
         // Some functions take two (a request and the one merged into it).
@@ -257,15 +275,15 @@ mod tests {
     }
 
     /// This kernel: block_getrq(struct bio *); block_rq_issue takes a
-    /// request, block_split a bio and a sector; a missing one is a no.
+    /// request; block_split a bio and a sector; a missing one has none.
     #[test]
-    fn tracepoints_that_pass_only_a_bio() {
+    fn where_tracepoints_pass_a_bio() {
         let btf = Btf::from_path(VMLINUX).unwrap();
-        assert!(passes_only_a_bio(&btf, "block_getrq"));
-        assert!(Kernel::read().unwrap().getrq_passes_only_a_bio);
-        assert!(!passes_only_a_bio(&btf, "block_rq_issue"));
-        assert!(!passes_only_a_bio(&btf, "block_split"));
-        assert!(!passes_only_a_bio(&btf, "no_such_tracepoint"));
+        assert_eq!(bio_position(&btf, "block_getrq"), Some(0));
+        assert_eq!(Kernel::read().unwrap().getrq_bio, Some(0));
+        assert_eq!(bio_position(&btf, "block_rq_issue"), None);
+        assert_eq!(bio_position(&btf, "block_split"), Some(0));
+        assert_eq!(bio_position(&btf, "no_such_tracepoint"), None);
     }
 
     /// The module scanner (btf-rs) and the vmlinux one (libbpf-rs) must

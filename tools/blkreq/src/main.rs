@@ -67,7 +67,9 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         comm: cli.comm.as_deref().map(filters::comm_bytes),
         op,
         transport,
-        bio_births: !resolved.tps.iter().any(|t| t.site.name == "block_io_start") && kernel.getrq_passes_only_a_bio,
+        bio_births: !resolved.tps.iter().any(|t| t.site.name == "block_io_start") && kernel.getrq_bio.is_some(),
+        getrq_bio: kernel.getrq_bio.unwrap_or(0),
+        have_cookies: kernel.has_attach_cookies,
     };
     let storage = Storage::new();
     let attached = attach::load_and_attach(&storage, &plan, &cfg, &resolved)?;
@@ -81,6 +83,10 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         _ => "any device".to_string(),
     };
     say!("{}", plan.explain());
+    let blind = btfscan::modules_without_btf();
+    if !blind.is_empty() {
+        say!("functions of modules {} not followed: they have no BTF (modules get it from 5.11)", blind.join(" "));
+    }
     say!(
         "following {} requests on {on} through {} functions and {} tracepoints ({} refused), events via {}, \
          attached in {} ms. Ctrl-C to end.",

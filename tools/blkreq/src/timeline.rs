@@ -101,9 +101,11 @@ pub fn requests(steps: &[Step]) -> Vec<Request> {
     let mut sessions: Vec<u64> = steps.iter().map(|s| s.session).collect();
     sessions.sort_unstable();
     sessions.dedup();
+    // Session ids are admission times: shown as 1, 2, ... in that order.
     sessions
         .into_iter()
-        .map(|sid| {
+        .enumerate()
+        .map(|(n, sid)| {
             let mut mine: Vec<&Step> = steps.iter().filter(|s| s.session == sid).collect();
             mine.sort_by_key(|s| s.mono_ns);
             let first = mine[0];
@@ -132,7 +134,7 @@ pub fn requests(steps: &[Step]) -> Vec<Request> {
                 .collect();
             Request {
                 kind: "request",
-                session: sid,
+                session: n as u64 + 1,
                 rq: first.rq,
                 dev: admit.dev.clone(),
                 op: admit.op.clone(),

@@ -26,6 +26,10 @@ pub struct Plan {
     pub epitem: bool,
     pub readable_cb: bool,
     pub wakeup_cb: bool,
+    /// kprobe rung on a kernel whose unwinder cannot see through a
+    /// kretprobe: no kretprobe on ep_poll_callback, and its slot believed
+    /// only for wake-ups whose stack passes through it (`ranges[0]`).
+    pub by_stack: bool,
     pub data_ready: bool,
     pub pwait2: bool,
     /// `[start, end)` of each of KSYMS, for the tracepoint backend.
@@ -42,6 +46,7 @@ impl Plan {
             epitem,
             readable_cb: false,
             wakeup_cb: false,
+            by_stack: false,
             data_ready: tracefs.join("events/sock/sk_data_ready").is_dir(),
             pwait2: tracefs.join("events/syscalls/sys_enter_epoll_pwait2").is_dir(),
             ranges: [[0; 2]; 3],
@@ -51,6 +56,10 @@ impl Plan {
             let k = ksyms::get();
             plan.readable_cb = k.function(KSYMS[1]).is_some();
             plan.wakeup_cb = k.function(KSYMS[2]).is_some();
+            plan.by_stack = mech == Mechanism::Kprobe && !unwinds_through_kretprobes(k);
+            if let Some(f) = k.function(KSYMS[0]).filter(|_| plan.by_stack) {
+                plan.ranges[0] = [f.addr, f.end];
+            }
             for (found, name) in [(plan.readable_cb, KSYMS[1]), (plan.wakeup_cb, KSYMS[2])] {
                 if !found {
                     plan.notes.push(format!("{name} is not in /proc/kallsyms: its herds are grouped by timing"));
@@ -96,7 +105,7 @@ impl Plan {
             (&mut p.ew_fentry_epcb, fentry),
             (&mut p.ew_fexit_epcb, fentry),
             (&mut p.ew_kprobe_epcb, kprobe),
-            (&mut p.ew_kretprobe_epcb, kprobe),
+            (&mut p.ew_kretprobe_epcb, kprobe && !self.by_stack),
             (&mut p.ew_fentry_readable, fentry && self.readable_cb),
             (&mut p.ew_fexit_readable, fentry && self.readable_cb),
             (&mut p.ew_fentry_wakeup, fentry && self.wakeup_cb),
@@ -114,6 +123,15 @@ impl Plan {
             prog.set_autoload(on);
         }
     }
+}
+
+/// Can the kernel's unwinder see through a kretprobe (5.16: "x86/unwind:
+/// Recover kretprobe trampoline entry", whose helper is
+/// kretprobe_find_ret_addr)? Before, a stack taken inside a kretprobed
+/// function loses every frame above it: a kretprobe on ep_poll_callback
+/// would hide which socket callback called it.
+fn unwinds_through_kretprobes(k: &kdiag_shared::ksyms::KernelSymbols) -> bool {
+    k.function("kretprobe_find_ret_addr").is_some()
 }
 
 fn libbpf_err(e: &libbpf_rs::Error) -> String {
@@ -184,4 +202,17 @@ pub fn attach(
         }
     }
     Ok(Attached { _links: links, uprobe_names })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdiag_shared::ksyms::KernelSymbols;
+
+    #[test]
+    fn kretprobe_unwinding_by_symbol() {
+        let k = |t: &str| KernelSymbols::parse(std::io::Cursor::new(t.to_string()), "");
+        assert!(unwinds_through_kretprobes(&k("ffffffff81100000 T kretprobe_find_ret_addr\n")));
+        assert!(!unwinds_through_kretprobes(&k("ffffffff81100000 T kretprobe_trampoline\n")));
+    }
 }

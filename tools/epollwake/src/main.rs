@@ -66,6 +66,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     ro.targ_tgid = pid;
     ro.filter_tids = !cli.tids.is_empty();
     ro.epitem_backend = plan.epitem;
+    ro.epitem_by_stack = plan.by_stack;
     ro.ksym_range = plan.ranges;
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
     plan.select(&mut open.progs, uprobes.is_some());

@@ -30,6 +30,11 @@ pub struct BpfRun<'s> {
     want_ip: bool,
 }
 
+/// Kernels before 5.15 lack bpf_get_func_ip; kprobes then read the address.
+fn have_func_ip() -> bool {
+    kdiag_shared::btf::vmlinux().is_ok_and(|b| kdiag_shared::probe::has_helper(&b, "BPF_FUNC_get_func_ip"))
+}
+
 fn describe(err: &libbpf_rs::Error, stage: &str) -> String {
     match Errno::of_libbpf(err) {
         Some(e) => format!("{e} at {stage}"),
@@ -48,6 +53,10 @@ pub fn start<'s>(
 ) -> Result<BpfRun<'s>, String> {
     let functions = target.functions();
     let want_ip = functions.len() > 1;
+    let have_func_ip = have_func_ip();
+    if want_ip && cli.ret && !have_func_ip {
+        return Err("telling several functions' returns apart needs bpf_get_func_ip (first in 5.15)".into());
+    }
     if m == Mechanism::Fentry && nr_args.is_none() {
         return Err(format!("{} is not described in the kernel's BTF", functions.first().map_or("", |f| f.as_str())));
     }
@@ -70,6 +79,7 @@ pub fn start<'s>(
     }
     ro.want_ustack = cli.user_stacks;
     ro.want_ip = want_ip;
+    ro.have_func_ip = have_func_ip;
     ro.nr_args = nr_args.unwrap_or(0);
     let p = &mut open.progs;
     let is_tp = matches!(target, Resolved::Tracepoint { .. });

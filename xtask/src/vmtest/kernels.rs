@@ -5,22 +5,30 @@
 //! below re-reads them on every run, and the guest proves each by a real
 //! load and attach):
 //!
-//! | config                                 | 6.1 | 6.12 | needed for   |
-//! |----------------------------------------|-----|------|--------------|
-//! | KPROBES, KPROBE_EVENTS                 | y   | y    | kprobe       |
-//! | FPROBE                                 | n   | y    | kprobe.multi |
-//! | FUNCTION_TRACER, DYNAMIC_FTRACE_WITH_DIRECT_CALLS | y | y | fentry (BPF trampolines) |
-//! | FUNCTION_TRACER, DYNAMIC_FTRACE        | y   | y    | ftrace (no BPF) |
-//! | DEBUG_INFO_BTF, DEBUG_INFO_BTF_MODULES | y   | y    | CO-RE, tp_btf, fentry |
-//! | MODULE_SIG_FORCE                       | n   | n    | unsigned test module loads (taints) |
-//! | IRQSOFF_TRACER                         | n   | n    | (no in-kernel irqsoff tracer to compare with) |
-//! | KERNEL_XZ / KERNEL_ZSTD                | xz  | zstd | 6.1 decompresses ~2 s slower under TCG |
-//! | MODULE_COMPRESS_XZ                     | n   | y    | 6.12's loop.ko.xz is unpacked on the host |
+//! | config                                 | 5.10 | 6.1 | 6.12 | needed for   |
+//! |----------------------------------------|------|-----|------|--------------|
+//! | KPROBES, KPROBE_EVENTS                 | y    | y   | y    | kprobe       |
+//! | FPROBE                                 | n    | n   | y    | kprobe.multi |
+//! | FUNCTION_TRACER, DYNAMIC_FTRACE_WITH_DIRECT_CALLS | y | y | y | fentry (BPF trampolines) |
+//! | FUNCTION_TRACER, DYNAMIC_FTRACE        | y    | y   | y    | ftrace (no BPF) |
+//! | DEBUG_INFO_BTF                         | y    | y   | y    | CO-RE, tp_btf, fentry |
+//! | DEBUG_INFO_BTF_MODULES                 | n    | y   | y    | fentry on module functions |
+//! | MODULE_SIG_FORCE                       | n    | n   | n    | unsigned test module loads (taints) |
+//! | IRQSOFF_TRACER                         | n    | n   | n    | (no in-kernel irqsoff tracer to compare with) |
+//! | KERNEL_XZ / KERNEL_ZSTD                | xz   | xz  | zstd | xz decompresses ~2 s slower under TCG |
+//! | MODULE_COMPRESS_XZ                     | n    | n   | y    | 6.12's loop.ko.xz is unpacked on the host |
+//! | PREEMPT_VOLUNTARY                      | y    | y   | y    | (5.10 is Debian 11's kernel) |
 //!
 //! The 6.12 headers ship a BTF vmlinux, so the test module gets BTF there
 //! and fentry can attach to its functions; the 6.1 headers do not (probe
-//! the module with kprobes there).
+//! the module with kprobes there), and 5.10 has no module BTF at all.
+//!
+//! Debian 11's kernel comes from the suites bullseye and
+//! bullseye-security, which the host's apt sources do not list: those are
+//! read through an apt configuration of their own under target/vmtest/apt/
+//! (same mirrors as the host's), so the host's sources stay as they are.
 
+use super::apt::Apt;
 use super::{run_quiet, Timer};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
@@ -31,6 +39,8 @@ use std::process::{Command, Stdio};
 pub struct KernelSpec {
     /// What `--kernel` takes.
     pub label: &'static str,
+    /// Debian suites the packages come from; empty: the host's own sources.
+    suites: &'static [&'static str],
     /// Debian meta-packages that depend on the newest image and headers of
     /// the series; resolving them on every run follows security updates.
     image_meta: &'static str,
@@ -39,26 +49,56 @@ pub struct KernelSpec {
     /// (asserted against the config before the guest asserts them).
     pub works: &'static [&'static str],
     pub refused: &'static [&'static str],
+    /// Runs the guest's stress test: every tool attached and detached over
+    /// and over (the kernels a lockup was seen on or near).
+    pub stress: bool,
 }
 
 /// qemu's TCG emulates no PMU, so hardware cycles never work in a guest.
 const ALWAYS_WORKS: &[&str] = &["tp_btf", "raw_tp", "tracepoint", "sw"];
 const NEVER_WORKS: &[&str] = &["hw"];
 
+/// What `--kernel all` and the suite boot: the kernels every tool's guest
+/// tests pass on. The others can be booted by name.
+pub const ALL: &[&str] = &["6.1", "6.12"];
+
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
-        label: "6.1",
+        label: "5.10",
+        suites: &["bullseye", "bullseye-security"],
         image_meta: "linux-image-amd64",
         headers_meta: "linux-headers-amd64",
         works: &["fentry", "kprobe", "ftrace"],
         refused: &["kprobe-multi"],
+        stress: true,
+    },
+    KernelSpec {
+        label: "6.1",
+        suites: &[],
+        image_meta: "linux-image-amd64",
+        headers_meta: "linux-headers-amd64",
+        works: &["fentry", "kprobe", "ftrace"],
+        refused: &["kprobe-multi"],
+        stress: true,
     },
     KernelSpec {
         label: "6.12",
+        suites: &[],
         image_meta: "linux-image-6.12-amd64",
         headers_meta: "linux-headers-6.12-amd64",
         works: &["kprobe-multi", "fentry", "kprobe", "ftrace"],
         refused: &[],
+        stress: false,
+    },
+    // PREEMPT_RT: interrupt handlers and softirqs run in threads.
+    KernelSpec {
+        label: "6.12-rt",
+        suites: &[],
+        image_meta: "linux-image-6.12-rt-amd64",
+        headers_meta: "linux-headers-6.12-rt-amd64",
+        works: &["kprobe-multi", "fentry", "kprobe", "ftrace"],
+        refused: &[],
+        stress: false,
     },
 ];
 
@@ -73,56 +113,6 @@ pub struct Kernel {
     pub absent: Vec<String>,
     pub fetch_secs: f64,
     pub module_secs: f64,
-}
-
-fn apt_cache_depends(pkg: &str) -> Result<Vec<String>> {
-    let out =
-        Command::new("apt-cache").args(["depends", pkg]).stderr(Stdio::null()).output().context("running apt-cache")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim_start().trim_start_matches('|').strip_prefix("Depends: "))
-        .map(|d| d.trim().to_string())
-        .collect())
-}
-
-/// The concrete package a meta-package points at now.
-fn resolve(meta: &str, prefix: &str) -> Result<String> {
-    let find = || apt_cache_depends(meta).map(|d| d.into_iter().find(|p| p.starts_with(prefix)));
-    if let Some(p) = find()? {
-        return Ok(p);
-    }
-    // A machine that never ran apt-get update knows no packages yet.
-    run_quiet(Command::new("apt-get").args(["update", "-q"]))?;
-    find()?.ok_or_else(|| anyhow!("apt-cache knows no {prefix}* behind {meta}"))
-}
-
-fn candidate_version(pkg: &str) -> Result<String> {
-    let out = Command::new("apt-cache").args(["policy", pkg]).output().context("running apt-cache policy")?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate: ").map(str::to_string))
-        .filter(|v| v != "(none)")
-        .ok_or_else(|| anyhow!("no candidate version of {pkg}"))
-}
-
-/// The .deb of `pkg` at its candidate version, downloaded once.
-fn fetch(pkg: &str, debs: &Path) -> Result<PathBuf> {
-    let version = candidate_version(pkg)?.replace(':', "%3a");
-    let prefix = format!("{pkg}_{version}_");
-    let cached = || -> Option<PathBuf> {
-        fs::read_dir(debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-    };
-    if let Some(p) = cached() {
-        return Ok(p);
-    }
-    fs::create_dir_all(debs)?;
-    eprintln!("vmtest: downloading {pkg} {version}");
-    run_quiet(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(debs))
-        .with_context(|| format!("apt-get download {pkg}"))?;
-    cached().ok_or_else(|| anyhow!("apt-get download {pkg} left no {prefix}*.deb in {}", debs.display()))
 }
 
 /// Unpack only the listed members of a .deb (the image is 500 MB unpacked;
@@ -225,6 +215,9 @@ fn build_module(headers: &Path, kmod_src: &Path, out: &Path) -> Result<PathBuf> 
         .arg("-C")
         .arg(headers)
         .arg(format!("M={}", out.display()))
+        // Debian 11's headers name gcc-10, a bullseye package; the host's
+        // gcc-12 builds a module that loads and runs there just as well.
+        .arg("CC=gcc-12")
         .arg("modules")
         .output()
         .context("running make")?;
@@ -243,20 +236,21 @@ fn build_module(headers: &Path, kmod_src: &Path, out: &Path) -> Result<PathBuf> 
 /// Download, unpack and check one kernel, and build the test module for it.
 pub fn prepare(spec: &'static KernelSpec, root: &Path, kmod_src: &Path) -> Result<Kernel> {
     let t = Timer::start();
-    let image_pkg = resolve(spec.image_meta, "linux-image-")?;
-    let headers_pkg = resolve(spec.headers_meta, "linux-headers-")?;
+    let apt = if spec.suites.is_empty() { Apt::host() } else { Apt::suites(root, spec.suites)? };
+    let image_pkg = apt.resolve(spec.image_meta, "linux-image-")?;
+    let headers_pkg = apt.resolve(spec.headers_meta, "linux-headers-")?;
     let release = image_pkg.trim_start_matches("linux-image-").to_string();
     // The headers package holds only the arch part; its common part and
     // the kbuild tools are separate packages it depends on.
     let mut header_pkgs = vec![headers_pkg.clone()];
     header_pkgs.extend(
-        apt_cache_depends(&headers_pkg)?
+        apt.depends(&headers_pkg)?
             .into_iter()
             .filter(|d| (d.starts_with("linux-headers-") && d.contains("common")) || d.starts_with("linux-kbuild-")),
     );
     let debs = root.join("debs");
-    let image_deb = fetch(&image_pkg, &debs)?;
-    let header_debs = header_pkgs.iter().map(|p| fetch(p, &debs)).collect::<Result<Vec<_>>>()?;
+    let image_deb = apt.fetch(&image_pkg, &debs)?;
+    let header_debs = header_pkgs.iter().map(|p| apt.fetch(p, &debs)).collect::<Result<Vec<_>>>()?;
 
     let kdir = root.join(&release);
     let image_dir = kdir.join("image");
@@ -328,8 +322,10 @@ mod tests {
         let (works, refused) = mechanisms_from_config(&cfg);
         assert_eq!(works, ["kprobe", "fentry", "ftrace"]);
         assert_eq!(refused, ["kprobe-multi"]);
-        assert!(check(&KERNELS[0], &cfg).is_ok());
-        let err = check(&KERNELS[1], &cfg).unwrap_err().to_string();
+        let spec = |label: &str| KERNELS.iter().find(|k| k.label == label).unwrap();
+        assert!(check(spec("6.1"), &cfg).is_ok());
+        assert!(check(spec("5.10"), &cfg).is_ok());
+        let err = check(spec("6.12"), &cfg).unwrap_err().to_string();
         assert!(err.contains("update KERNELS"), "{err}");
     }
 }

@@ -7,6 +7,8 @@
 //! A guest test that cannot run (qemu missing, a download or module build
 //! failing, a guest that hangs or dies) is a failure, never a skip.
 
+mod apt;
+mod expected;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -22,21 +24,34 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Which guest kernels: 6.1, 6.12 or all.
-    #[arg(long, default_value = "all", value_name = "6.1|6.12|all")]
+    /// Which guest kernels: 5.10, 6.1, 6.12, 6.12-rt or all.
+    #[arg(long, default_value = "all", value_name = "5.10|6.1|6.12|6.12-rt|all")]
     pub kernel: String,
     /// Run only the guest tests whose name contains NAME (e.g. ladder,
     /// irqoff, kmod-memory).
     #[arg(long, value_name = "NAME")]
     pub filter: Option<String>,
     /// Seconds a guest may run before it is killed and counted as failed.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub timeout: u64,
+    /// How qemu emulates the two vCPUs: on one host thread (single, the
+    /// suite's choice) or one thread each (multi, qemu's own default).
+    #[arg(long, value_enum, default_value_t = qemu::Tcg::Single)]
+    pub tcg: qemu::Tcg,
+    /// Guests booted at once. One by default: with two, each emulator
+    /// still has a core of CI's two, but on a host loaded besides, irqoff's
+    /// window checks failed in both guests (vCPUs preempted mid-window).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// More words for the guest kernel's command line, e.g.
+    /// "loglevel=7 softlockup_all_cpu_backtrace=1 kdiag_stress_rounds=20".
+    #[arg(long, value_name = "WORDS")]
+    pub append: Option<String>,
 }
 
 impl Default for Args {
     fn default() -> Self {
-        Args { kernel: "all".into(), filter: None, timeout: 300 }
+        Args { kernel: "all".into(), filter: None, timeout: 600, tcg: qemu::Tcg::Single, jobs: 1, append: None }
     }
 }
 
@@ -68,6 +83,9 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// Rounds of the guest's stress test on the kernels that run it.
+const STRESS_ROUNDS: u32 = 1;
 
 const GUEST_CRATE: &str = "kdiag-vmtest-guest";
 const GUEST_BIN: &str = "kdiag-vmtest-init";
@@ -132,9 +150,15 @@ fn fail(name: &str, detail: impl Into<String>) -> TestResult {
     TestResult { name: name.into(), pass: false, detail: detail.into() }
 }
 
-fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, built: &[&str]) -> KernelRun {
+fn run_kernel(
+    spec: &'static kernels::KernelSpec,
+    prepared: Result<Kernel>,
+    root: &Path,
+    args: &Args,
+    built: &[&str],
+) -> KernelRun {
     let mut run = KernelRun { label: spec.label, release: String::new(), results: vec![], times: String::new() };
-    let kernel = match kernels::prepare(spec, root, &workspace_root().join("tests/kmod")) {
+    let kernel = match prepared {
         Ok(k) => k,
         Err(e) => {
             run.results.push(fail("vm.prepare", format!("{e:#}")));
@@ -155,10 +179,18 @@ fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, buil
     if let Some(f) = &args.filter {
         append.push_str(&format!(" kdiag_filter={f}"));
     }
+    let user_words = args.append.as_deref().unwrap_or("");
+    if !user_words.is_empty() {
+        append.push_str(&format!(" {user_words}"));
+    }
+    if spec.stress && !user_words.contains("kdiag_stress_rounds=") {
+        append.push_str(&format!(" kdiag_stress_rounds={STRESS_ROUNDS}"));
+    }
+    let stress = append.contains("kdiag_stress_rounds=");
     eprintln!("vmtest: booting {} ({})", spec.label, kernel.release);
     let console = root.join(&kernel.release).join("console.log");
     let timeout = Duration::from_secs(args.timeout);
-    let outcome = match qemu::boot(spec.label, &kernel.vmlinuz, &initrd, &append, timeout, &console) {
+    let outcome = match qemu::boot(spec.label, &kernel.vmlinuz, &initrd, &append, args.tcg, timeout, &console) {
         Ok(o) => o,
         Err(e) => {
             run.results.push(fail("vm.boot", format!("{e:#}")));
@@ -170,7 +202,9 @@ fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, buil
         kernel.fetch_secs, kernel.module_secs, outcome.secs
     );
     run.results = outcome.results;
-    if !outcome.done {
+    let want = expected::results(&kernel.expect, args.filter.as_deref(), stress);
+    run.results.extend(check_results(&run.results, &want, outcome.done));
+    if outcome.done.is_none() {
         let why = if outcome.timed_out {
             format!("killed after {} s without finishing", args.timeout)
         } else {
@@ -182,6 +216,42 @@ fn run_kernel(spec: &'static kernels::KernelSpec, root: &Path, args: &Args, buil
         ));
     }
     run
+}
+
+/// What the host holds the guest's result lines to: every expected name
+/// reported once and no other, and as many passes and failures as the
+/// guest announced in KDIAG-DONE (a result line mangled by console noise
+/// shows up there even when its name cannot be read).
+fn check_results(got: &[TestResult], want: &[String], done: Option<(u32, u32)>) -> Vec<TestResult> {
+    let mut out = Vec::new();
+    let missing: Vec<&str> = want.iter().filter(|w| !got.iter().any(|g| &g.name == *w)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        let why = if done.is_some() { "the guest finished without reporting" } else { "never reported" };
+        out.push(fail("vm.results.missing", format!("{why} {}: {}", missing.len(), missing.join(" "))));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for g in got {
+        if !want.contains(&g.name) {
+            out.push(fail(
+                "vm.results.unexpected",
+                format!("{} is not among this kernel's results in xtask/src/vmtest/expected.rs", g.name),
+            ));
+        } else if !seen.insert(&g.name) {
+            out.push(fail("vm.results.twice", format!("{} reported more than once", g.name)));
+        }
+    }
+    if let Some((passed, failed)) = done {
+        let (p, f) = (got.iter().filter(|r| r.pass).count() as u32, got.iter().filter(|r| !r.pass).count() as u32);
+        if (p, f) != (passed, failed) {
+            out.push(fail(
+                "vm.results.count",
+                format!(
+                    "the guest announced passed={passed} failed={failed}, the host read {p} passes and {f} failures"
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// `cargo xtask vmtest`: ends with its own "N passed, N failed" line.
@@ -199,7 +269,7 @@ pub fn suite(tally: &mut Tally) -> Result<()> {
 
 fn run_counted(args: &Args, tally: &mut Tally) -> Result<()> {
     let specs: Vec<&'static kernels::KernelSpec> = match args.kernel.as_str() {
-        "all" => KERNELS.iter().collect(),
+        "all" => KERNELS.iter().filter(|s| kernels::ALL.contains(&s.label)).collect(),
         k => match KERNELS.iter().find(|s| s.label == k) {
             Some(s) => vec![s],
             None => {
@@ -221,8 +291,23 @@ fn run_counted(args: &Args, tally: &mut Tally) -> Result<()> {
                 .collect();
             host_results = build_failures;
             let root = workspace_root().join("target/vmtest");
-            for s in &specs {
-                runs.push(run_kernel(s, &root, args, &built));
+            // Downloads and module builds one after another (apt and make
+            // share the host); then the guests, --jobs at a time: each is
+            // mostly one busy emulator thread.
+            let kmod = workspace_root().join("tests/kmod");
+            let prepared: Vec<_> = specs.iter().map(|s| (*s, kernels::prepare(s, &root, &kmod))).collect();
+            let mut prepared = prepared.into_iter();
+            loop {
+                let batch: Vec<_> = prepared.by_ref().take(args.jobs.max(1)).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                let (root, built) = (&root, &built);
+                runs.extend(std::thread::scope(|sc| {
+                    let hs: Vec<_> =
+                        batch.into_iter().map(|(s, k)| sc.spawn(move || run_kernel(s, k, root, args, built))).collect();
+                    hs.into_iter().map(|h| h.join().expect("a guest thread panicked")).collect::<Vec<_>>()
+                }));
             }
         }
     }
@@ -256,4 +341,37 @@ fn run_counted(args: &Args, tally: &mut Tally) -> Result<()> {
         bail!("{failed} guest test(s) failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str, pass: bool) -> TestResult {
+        TestResult { name: name.into(), pass, detail: String::new() }
+    }
+
+    fn names(v: &[TestResult]) -> Vec<&str> {
+        v.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn every_expected_result_once_and_the_announced_counts() {
+        let want: Vec<String> = ["setup", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let all = [r("setup", true), r("a", true), r("b", false)];
+        assert!(check_results(&all, &want, Some((2, 1))).is_empty());
+        // A result that never came.
+        let got = check_results(&all[..2], &want, Some((2, 0)));
+        assert_eq!(names(&got), ["vm.results.missing"]);
+        assert!(got[0].detail.ends_with(": b"), "{}", got[0].detail);
+        // A FAIL line mangled by kernel output: its name is lost, the
+        // announced count still has it.
+        let got = check_results(&all[..2], &want[..2], Some((2, 1)));
+        assert_eq!(names(&got), ["vm.results.count"]);
+        // Names the host does not know, and one reported twice.
+        let extra = [r("setup", true), r("a", true), r("a", true), r("b", false), r("c", true)];
+        assert_eq!(names(&check_results(&extra, &want, Some((4, 1)))), ["vm.results.twice", "vm.results.unexpected"]);
+        // A guest that died: what is missing is said once.
+        assert_eq!(names(&check_results(&all[..1], &want, None)), ["vm.results.missing"]);
+    }
 }

@@ -20,8 +20,9 @@ pub struct TestResult {
 /// How a boot ended.
 pub struct Outcome {
     pub results: Vec<TestResult>,
-    /// The guest printed KDIAG-DONE: every selected test ran.
-    pub done: bool,
+    /// The guest printed KDIAG-DONE: every selected test ran. With the
+    /// passed and failed counts it announced there.
+    pub done: Option<(u32, u32)>,
     pub timed_out: bool,
     /// The last console lines, to show when the guest died or hung.
     pub tail: Vec<String>,
@@ -29,6 +30,12 @@ pub struct Outcome {
 }
 
 const TAIL_LINES: usize = 40;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tcg {
+    Single,
+    Multi,
+}
 
 /// A console line, as the guest driver prints it; kernel messages can be
 /// glued in front of it, so it is looked for anywhere in the line.
@@ -44,6 +51,15 @@ pub fn parse_line(line: &str) -> Option<TestResult> {
     Some(TestResult { name, pass, detail: parts.next().unwrap_or("").trim().to_string() })
 }
 
+/// `KDIAG-DONE passed=N failed=M`, found anywhere in the line.
+pub fn parse_done(line: &str) -> Option<(u32, u32)> {
+    let rest = &line[line.find("KDIAG-DONE ")? + "KDIAG-DONE ".len()..];
+    let mut words = rest.split_whitespace();
+    let passed = words.next()?.strip_prefix("passed=")?.parse().ok()?;
+    let failed = words.next()?.strip_prefix("failed=")?.parse().ok()?;
+    Some((passed, failed))
+}
+
 /// Boot once. The whole console goes to `log`; the terminal gets it from
 /// the first line /init prints on (the kernel's boot messages only matter
 /// when something goes wrong, and then the tail shows them).
@@ -52,6 +68,7 @@ pub fn boot(
     vmlinuz: &Path,
     initrd: &Path,
     append: &str,
+    tcg: Tcg,
     timeout: Duration,
     log: &Path,
 ) -> Result<Outcome> {
@@ -65,7 +82,8 @@ pub fn boot(
         // Oops mid text-poke (a tracepoint's static key flipping as a perf
         // event closed), which real CPUs do not do; serial TCG keeps the
         // two-CPU guest and the host has only two cores anyway.
-        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", "512"])
+        .args(["-accel", if tcg == Tcg::Single { "tcg,thread=single" } else { "tcg,thread=multi" }])
+        .args(["-cpu", "max", "-smp", "2", "-m", "512"])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -103,13 +121,15 @@ pub fn boot(
     let deadline = start + timeout;
     let mut results = Vec::new();
     let mut tail = VecDeque::new();
-    let mut done = false;
+    let mut done = None;
     let mut timed_out = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
-                let _ = writeln!(log, "{line}");
+                // Flushed by line: the log of a hung guest is read while
+                // it still hangs.
+                let _ = writeln!(log, "{line}").and_then(|_| log.flush());
                 streaming |= line.contains("KDIAG-");
                 if streaming {
                     println!("[{label}] {line}");
@@ -117,7 +137,9 @@ pub fn boot(
                 if let Some(r) = parse_line(&line) {
                     results.push(r);
                 }
-                done |= line.contains("KDIAG-DONE");
+                if let Some(counts) = parse_done(&line) {
+                    done = Some(counts);
+                }
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
@@ -156,5 +178,7 @@ mod tests {
         assert_eq!((r.name.as_str(), r.pass, r.detail.as_str()), ("irqoff.20ms", false, ""));
         assert_eq!(parse_line("KDIAG-TEST x MAYBE"), None);
         assert_eq!(parse_line("plain kernel line"), None);
+        assert_eq!(parse_done("[ 9.1] x KDIAG-DONE passed=40 failed=2"), Some((40, 2)));
+        assert_eq!(parse_done("KDIAG-DONE passed=40"), None);
     }
 }

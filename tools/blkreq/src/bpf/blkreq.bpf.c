@@ -12,16 +12,22 @@
  * seeing a pointer again ends the old session.
  *
  * Races: several CPUs can see the same request at once (submit on one,
- * complete on another). Admission inserts with BPF_NOEXIST, so one CPU
- * wins a new pointer; the number of admissions is bounded by a ticket
- * counter taken with an atomic add; state changes are compare-and-swap, so
- * each session ends exactly once. Nothing is a single global slot. */
+ * complete on another). Every decision that only one CPU may win is an
+ * insert or a delete of a hash key, which the kernel makes atomic: one
+ * CPU wins a new pointer (insert into `tracked`), a session id (insert
+ * into `sessions`, whose size is the admission bound), the right to take
+ * over a reused pointer (insert into `claims`), and the end of a session
+ * (delete from `live`). No BPF atomic that returns a value is used: those
+ * (fetch-and-add, compare-and-swap) arrived in 5.12, and 5.10 refuses to
+ * load a program that has one anywhere. Nothing is a single global slot. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "kdiag.bpf.h"
 #include "blkreq.h"
+
+#define EEXIST 17
 
 const volatile __u64 max_requests = 8;
 const volatile __u64 post_end_ns = 10000000;
@@ -36,15 +42,15 @@ const volatile __u8 tgt_posmask[BRQ_MAX_TARGETS] = {};
 const volatile __u8 tgt_flags[BRQ_MAX_TARGETS] = {};
 const volatile __u8 tgt_rank[BRQ_MAX_TARGETS] = {};
 
-/* Admissions so far (may briefly overshoot while a loser gives its ticket
- * back), session ids handed out, sessions ended. */
-__u64 tickets = 0;
 /* Set by userspace once every probe is attached: probes go in one by one,
  * and a request admitted before its later steps' probes exist would show
  * a life with holes (admitted at block_io_start, issue never seen). */
 __u64 armed = 0;
-__u64 session_seq = 0;
+/* Sessions ended (a plain atomic add, which every kernel has). */
 __u64 finished = 0;
+/* Kernels before 5.15 have no attach cookies: the kprobe's target is then
+ * found by the probed address in kprobe_ids. */
+const volatile bool have_cookies = true;
 
 struct rq_state {
 	__u64 session;
@@ -60,6 +66,45 @@ struct {
 	__type(value, struct rq_state);
 } tracked SEC(".maps");
 
+/* One key per session ever admitted, never deleted: sized max_requests
+ * before load, so a full map is the admission bound. The keys are the
+ * session ids (admission times, made unique by the insert itself). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u64);
+	__type(value, __u8);
+} sessions SEC(".maps");
+
+/* Sessions not yet ended: whoever deletes the key ends it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u64);
+	__type(value, __u8);
+} live SEC(".maps");
+
+/* A reused pointer is taken over from its old session by one CPU. */
+struct claim {
+	__u64 ptr;
+	__u64 old_session;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct claim);
+	__type(value, __u8);
+} claims SEC(".maps");
+
+/* Function address to target id, for kprobes without cookies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BRQ_FUNC_SLOTS);
+	__type(key, __u64);
+	__type(value, __u32);
+} kprobe_ids SEC(".maps");
+
 KD_STATS(brq_stats);
 
 /* Kernels before 6.5 have no block_io_start, and the functions that first
@@ -71,6 +116,9 @@ KD_STATS(brq_stats);
  * the submitter's context; matched on the bio, because an interrupt on
  * that CPU may hand our probes another request in between. */
 const volatile bool bio_births = false;
+/* Which argument of block_getrq is the bio: 0, or 1 before 5.11 (queue,
+ * bio, op). */
+const volatile __u32 getrq_bio_arg = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -158,29 +206,46 @@ static __always_inline bool wanted(struct request *rq)
 	return true;
 }
 
-/* A ticket under max_requests, and a fresh session id; 0 if full. */
-static __always_inline __u64 take_ticket(struct brq_stats *s)
+/* A fresh session id under the admission bound; 0 if full. */
+static __always_inline __u64 take_ticket(struct brq_stats *s, __u64 now)
 {
+	__u8 one = 1;
+
 	if (!*(volatile __u64 *)&armed)
 		return 0;
-	if (*(volatile __u64 *)&tickets >= max_requests) {
-		s->full++;
-		return 0;
+	/* Two CPUs may read the same nanosecond: the insert decides. */
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u64 id = now + i;
+		long err = bpf_map_update_elem(&sessions, &id, &one, BPF_NOEXIST);
+
+		if (!err) {
+			bpf_map_update_elem(&live, &id, &one, BPF_NOEXIST);
+			return id;
+		}
+		if (err != -EEXIST)
+			break;
 	}
-	if (__sync_fetch_and_add(&tickets, 1) >= max_requests) {
-		__sync_fetch_and_add(&tickets, -1);
-		s->full++;
-		return 0;
-	}
-	return __sync_fetch_and_add(&session_seq, 1) + 1;
+	s->full++;
+	return 0;
+}
+
+/* A session given back: its pointer went to another CPU. */
+static __always_inline void return_ticket(__u64 id)
+{
+	bpf_map_delete_elem(&live, &id);
+	bpf_map_delete_elem(&sessions, &id);
 }
 
 /* Exactly one caller ends a live session. */
 static __always_inline bool end_session(struct rq_state *st, __u64 now)
 {
-	if (__sync_val_compare_and_swap(&st->state, BRQ_LIVE, BRQ_DONE) != BRQ_LIVE)
+	__u64 session = st->session;
+
+	if (st->state != BRQ_LIVE || bpf_map_delete_elem(&live, &session))
 		return false;
 	st->done_ns = now;
+	st->state = BRQ_DONE;
 	__sync_fetch_and_add(&finished, 1);
 	return true;
 }
@@ -240,8 +305,9 @@ static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 	struct request *rq = (struct request *)ptr;
 	struct brq_stats *s;
 	struct rq_state *st;
-	__u8 flags = 0, role, rank;
-	__u64 now, old, fresh;
+	__u8 flags = 0, one = 1, role, rank;
+	__u64 now, fresh;
+	struct claim claim;
 
 	if (!ptr || id >= BRQ_MAX_TARGETS)
 		return 0;
@@ -271,14 +337,14 @@ static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 				s->filtered++;
 				return 0;
 			}
-			fresh = take_ticket(s);
+			fresh = take_ticket(s, now);
 			if (!fresh)
 				return 0;
 			struct rq_state init = { .session = fresh, .state = BRQ_LIVE, .rank = rank };
 
 			if (bpf_map_update_elem(&tracked, &ptr, &init, BPF_NOEXIST)) {
 				/* Another CPU admitted this pointer first: its step counts. */
-				__sync_fetch_and_add(&tickets, -1);
+				return_ticket(fresh);
 				s->raced++;
 				return 0;
 			}
@@ -293,7 +359,8 @@ static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 		} else {
 			/* The pointer is back: the old life is over, its end unseen
 			 * if it was still live (e.g. batched completion). */
-			old = st->session;
+			claim.ptr = ptr;
+			claim.old_session = st->session;
 			if (end_session(st, now)) {
 				s->reused++;
 				flags |= BRQ_EV_REUSED;
@@ -303,19 +370,20 @@ static __noinline int track(void *ctx, __u64 ptr, __u64 id, __u64 pos)
 				st->state = BRQ_DEAD;
 				return 0;
 			}
-			fresh = take_ticket(s);
-			if (!fresh) {
-				st->state = BRQ_DEAD;
+			if (bpf_map_update_elem(&claims, &claim, &one, BPF_NOEXIST)) {
+				/* Another CPU took the pointer over first. */
+				s->raced++;
 				return 0;
 			}
-			if (__sync_val_compare_and_swap(&st->session, old, fresh) != old) {
-				__sync_fetch_and_add(&tickets, -1);
-				s->raced++;
+			fresh = take_ticket(s, now);
+			if (!fresh) {
+				st->state = BRQ_DEAD;
 				return 0;
 			}
 			st->rank = rank;
 			st->done_ns = 0;
 			st->state = BRQ_LIVE;
+			st->session = fresh;
 			s->admitted++;
 			flags |= BRQ_EV_ADMITTED;
 			goto record_new;
@@ -353,19 +421,6 @@ record_new:
 /* Functions: the request may be any of the first six parameters, and a
  * few functions take two (a request and the one merged into it). */
 
-static __always_inline int on_fentry(__u64 *ctx, __u32 id)
-{
-	__u8 mask = tgt_posmask[id];
-
-#pragma unroll
-	for (int i = 0; i < BRQ_MAX_ARGS; i++) {
-		__u64 v = 0;
-
-		if ((mask & (1 << i)) && !bpf_get_func_arg(ctx, i, &v))
-			track(ctx, v, id, i);
-	}
-	return 0;
-}
 
 static __always_inline __u64 reg_arg(struct pt_regs *regs, int i)
 {
@@ -379,9 +434,22 @@ static __always_inline __u64 reg_arg(struct pt_regs *regs, int i)
 	}
 }
 
+static __always_inline __u64 kprobe_target(struct pt_regs *ctx)
+{
+	/* A kprobe on a function's entry sees the address after the
+	 * breakpoint, also when ftrace serves it. */
+	__u64 addr = PT_REGS_IP(ctx) - 1;
+	__u32 *id;
+
+	if (have_cookies)
+		return bpf_get_attach_cookie(ctx);
+	id = bpf_map_lookup_elem(&kprobe_ids, &addr);
+	return id ? *id : BRQ_MAX_TARGETS;
+}
+
 static __always_inline int on_kprobe(struct pt_regs *ctx)
 {
-	__u64 id = bpf_get_attach_cookie(ctx);
+	__u64 id = kprobe_target(ctx);
 	__u8 mask;
 
 	if (id >= BRQ_MAX_TARGETS)
@@ -407,8 +475,10 @@ int brq_kprobe(struct pt_regs *ctx)
 	return on_kprobe(ctx);
 }
 
-/* Tracepoints: tp_btf and raw_tp both see the arguments as u64s; raw_tp
- * args[] has the same layout. */
+/* Tracepoints and fentry: tp_btf, raw_tp and fentry all see the arguments
+ * as u64s (raw_tp's args[] has the same layout). The mask is read-only
+ * data, so the verifier sees each program read only the arguments its
+ * target has (bpf_get_func_arg would do for fentry, but only from 5.17). */
 static __always_inline int on_tp(__u64 *args, void *ctx, __u32 id)
 {
 	__u8 mask = tgt_posmask[id];
@@ -429,17 +499,33 @@ static __always_inline void note_new_bio(__u64 bio)
 		bpf_map_update_elem(&new_bios, &tid, &bio, BPF_ANY);
 }
 
+/* Each read is its own constant offset: the verifier refuses a context
+ * pointer moved by a register. */
+static __always_inline __u64 getrq_bio(__u64 *args)
+{
+	__u64 bio;
+
+	if (getrq_bio_arg == 1) {
+		bio = args[1];
+		barrier_var(bio);
+	} else {
+		bio = args[0];
+		barrier_var(bio);
+	}
+	return bio;
+}
+
 SEC("tp_btf/block_getrq")
 int brq_getrq_tb(__u64 *ctx)
 {
-	note_new_bio(ctx[0]);
+	note_new_bio(getrq_bio(ctx));
 	return 0;
 }
 
 SEC("raw_tp/block_getrq")
 int brq_getrq_rt(struct bpf_raw_tracepoint_args *ctx)
 {
-	note_new_bio(ctx->args[0]);
+	note_new_bio(getrq_bio(ctx->args));
 	return 0;
 }
 
@@ -456,7 +542,7 @@ int brq_getrq_rt(struct bpf_raw_tracepoint_args *ctx)
 #define FE_SLOT(n)                                     \
 	SEC("fentry") int brq_fe_##n(__u64 *ctx)       \
 	{                                              \
-		return on_fentry(ctx, n);              \
+		return on_tp(ctx, ctx, n);             \
 	}
 
 #define X10(M, n) M(n##0) M(n##1) M(n##2) M(n##3) M(n##4) M(n##5) M(n##6) M(n##7) M(n##8) M(n##9)

@@ -41,7 +41,7 @@ enum brq_event_flags {
 struct brq_event {
 	__u64 ts_ns;     /* CLOCK_MONOTONIC */
 	__u64 rq;        /* the request pointer */
-	__u64 session;   /* 1, 2, ...: pointers are reused, sessions are not */
+	__u64 session;   /* admission time: pointers are reused, sessions are not */
 	__u64 sector;
 	__u32 target;    /* index into the resolved set */
 	__u32 cpu;

@@ -50,6 +50,10 @@
 const volatile __u32 targ_tgid = 0;
 const volatile bool filter_tids = false;
 const volatile bool epitem_backend = false;
+/* kprobe backend on kernels whose unwinder cannot see through kretprobes
+ * (before 5.16): ep_poll_callback has no kretprobe to close its slot, so
+ * the slot counts only for a wake-up whose stack passes through it. */
+const volatile bool epitem_by_stack = false;
 /* [start, end) of enum ew_ksym functions, from /proc/kallsyms. */
 const volatile __u64 ksym_range[EW_NR_KSYMS][2] = {};
 
@@ -553,7 +557,14 @@ int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 	if (epitem_backend) {
 		key = level * 2;
 		sl = bpf_map_lookup_elem(&slots, &key);
-		if (sl && sl->active) {
+		if (sl && epitem_by_stack) {
+			for (int i = 0; i < EW_MAX_STACK; i++) {
+				if (i * 8 >= n)
+					break;
+				via_ep |= in_range(e->stack[i], EW_KSYM_EP_POLL_CALLBACK);
+			}
+		}
+		if (sl && sl->active && (!epitem_by_stack || via_ep)) {
 			e->source = EW_SRC_EPITEM;
 			e->ep_fd = sl->fd;
 			e->ep_events = sl->events;

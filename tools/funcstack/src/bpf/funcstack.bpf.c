@@ -23,6 +23,8 @@ const volatile char target_comm[FS_COMM_LEN] = {};
 const volatile bool want_ustack = false;
 /* Several functions share the programs (globs): tell them apart. */
 const volatile bool want_ip = false;
+/* bpf_get_func_ip exists (5.15). */
+const volatile bool have_func_ip = true;
 /* fexit: the return value follows the arguments in the context. */
 const volatile __u32 nr_args = 0;
 
@@ -207,10 +209,15 @@ int fs_fexit(__u64 *ctx)
 	return record_ret(want_ip ? bpf_get_func_ip(ctx) : 0, (__s64)ret);
 }
 
+/* Before 5.15 (no bpf_get_func_ip) a kprobe on a function's entry still
+ * tells it apart: it sees the address after the breakpoint, also when
+ * ftrace serves it. */
 SEC("kprobe")
 int fs_kprobe(struct pt_regs *ctx)
 {
-	return record(ctx, want_ip ? bpf_get_func_ip(ctx) : 0);
+	if (!want_ip)
+		return record(ctx, 0);
+	return record(ctx, have_func_ip ? bpf_get_func_ip(ctx) : PT_REGS_IP(ctx) - 1);
 }
 
 SEC("kretprobe")

@@ -99,10 +99,15 @@ struct {
 	__type(value, struct wake_rec);
 } wakes SEC(".maps");
 
+/* Preallocated (about 5 MB), never BPF_F_NO_PREALLOC: a new key is made
+ * in sched_switch, with the run-queue lock held. Before 6.1 (BPF's own
+ * allocator) a hash map without preallocation takes it from kmalloc there,
+ * whose page allocator may wake kswapd, a wakeup that wants that lock
+ * again; 5.10's verifier warns "trace type BPF program uses run-time
+ * allocation" for exactly this. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct owt_key);
 	__type(value, struct owt_val);
 } counts SEC(".maps");
