@@ -166,7 +166,6 @@ const REFRESH: Duration = Duration::from_millis(200);
 
 /// Where a tool's metrics go: an HTTP endpoint, a textfile, both or none.
 pub struct Exporter {
-    tool: &'static str,
     addr: Option<SocketAddr>,
     server: Option<Arc<Served>>,
     file: Option<PathBuf>,
@@ -196,12 +195,12 @@ impl Exporter {
     /// Bind the address and prove the file can be written, before the tool
     /// loads anything: an address in use or an unwritable directory is the
     /// user's to fix, in one line, with nothing left behind.
-    pub fn start(tool: &'static str, args: &MetricsArgs) -> anyhow::Result<Self> {
+    pub fn start(args: &MetricsArgs) -> anyhow::Result<Self> {
         let mut bound = None;
         let server = match args.addr {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
-                    .map_err(|e| anyhow::anyhow!(format!("--metrics {addr}: cannot listen there: {e}")))?;
+                    .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen there: {e}"))?;
                 // Port 0 asks the kernel for one: say which.
                 bound = listener.local_addr().ok();
                 let served = Arc::new(Served::default());
@@ -216,11 +215,10 @@ impl Exporter {
         };
         if let Some(path) = &args.file {
             write_atomically(path, "")
-                .map_err(|e| anyhow::anyhow!(format!("--metrics-file {}: cannot write it: {e}", path.display())))?;
+                .map_err(|e| anyhow::anyhow!("--metrics-file {}: cannot write it: {e}", path.display()))?;
         }
         let now = Instant::now();
         Ok(Exporter {
-            tool,
             addr: bound,
             server,
             file: args.file.clone(),
@@ -449,10 +447,10 @@ mod tests {
     fn serves_the_latest_text_and_refuses_a_taken_address() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = Exporter::start("t", &args(&addr.to_string(), None)).err().unwrap();
+        let e = Exporter::start(&args(&addr.to_string(), None)).err().unwrap();
         assert!(e.to_string().contains("cannot listen there"), "{e}");
         drop(taken);
-        let mut ex = Exporter::start("t", &args(&addr.to_string(), None)).unwrap();
+        let mut ex = Exporter::start(&args(&addr.to_string(), None)).unwrap();
         assert_eq!(ex.describe(), format!(", metrics on http://{addr}/metrics"));
         ex.update(|| Ok("a_total 1\n".into())).unwrap();
         let r = scrape(addr, "/metrics");
@@ -470,7 +468,7 @@ mod tests {
         let path = dir.join("t.prom");
         let mut a = args("127.0.0.1:0", Some(path.clone()));
         a.addr = None;
-        let mut ex = Exporter::start("t", &a).unwrap();
+        let mut ex = Exporter::start(&a).unwrap();
         ex.update(|| Ok("a_total 1\n".into())).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a_total 1\n");
         ex.update(|| unreachable!("not due before the interval")).unwrap();
@@ -480,7 +478,7 @@ mod tests {
         assert_eq!(names, ["t.prom"], "no temporary file left");
         std::fs::remove_dir_all(&dir).unwrap();
         a.file = Some(dir.join("t.prom"));
-        let e = Exporter::start("t", &a).err().unwrap();
+        let e = Exporter::start(&a).err().unwrap();
         assert!(!e.to_string().contains('\n'), "{e}");
     }
 }

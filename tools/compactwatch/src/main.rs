@@ -57,7 +57,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         }
         return offline::run(path, &cli);
     }
-    let mut exporter = Exporter::start("compactwatch", &cli.metrics)?;
+    let mut exporter = Exporter::start(&cli.metrics)?;
     precheck::check(precheck::Needs { btf: true, tracefs: true })?;
     let tfs = precheck::tracefs().map_err(anyhow::Error::msg)?;
     let choice = s.choose(&LADDER, cli.backend.as_deref(), probe::kernel_supports)?;

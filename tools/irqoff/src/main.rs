@@ -51,7 +51,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let cpus = cpus::select(cli.cpus.as_deref(), &cpus::online()?)?;
     let mut sink = Sink::from_option(cli.log.as_deref())?;
     precheck::check(precheck::Needs::default())?;
-    let mut exporter = Exporter::start("irqoff", &cli.metrics)?;
+    let mut exporter = Exporter::start(&cli.metrics)?;
 
     let clock_spec = EventSpec::SwCpuClock { period_ns: period.as_nanos() as u64 };
     let mut events = Events::default();
