@@ -138,6 +138,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         &skel.maps.allocs,
         &skel.maps.fails,
         summary::Run {
+            backend: choice.mechanism.name(),
             duration_s: s.run().elapsed().as_secs_f64(),
             stop_reason: reason.to_string(),
             min_order: cli.order,

@@ -322,6 +322,8 @@ fn compaction_runs_reported(backend: &[&str]) {
     assert!(lines.iter().any(|l| l["type"] == "verdict"), "--interval 1 gave no verdict");
     let sum = lines.last().unwrap();
     assert_eq!(sum["stop_reason"], "SIGTERM received");
+    assert_eq!(sum["backend"], backend.get(1).copied().unwrap_or("tp_btf"));
+    assert!(!out.stderr.contains("as a classic tracepoint"), "{}", out.stderr);
     assert_eq!(sum["compaction_runs"].as_u64(), Some(runs.len() as u64));
 }
 
