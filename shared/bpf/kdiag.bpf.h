@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* What every kdiag BPF program shares: event output that works on kernels
- * with and without BPF ring buffers, and log2 slots.
+ * with and without BPF ring buffers, counters, a task's state across
+ * kernel versions, and log2 slots.
  *
  * Output goes through a ring buffer (5.8+) or a perf event array. Userspace
  * (shared/src/transport.rs) sets kd_use_ringbuf before load and disables
@@ -10,6 +11,7 @@
 #define KDIAG_BPF_H
 
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 const volatile bool kd_use_ringbuf = true;
 
@@ -88,6 +90,21 @@ const volatile bool kd_use_ringbuf = true;
 		else                                                  \
 			KD_COUNT(stack_other);                        \
 	} while (0)
+
+/* A task's raw state: `__state` since 5.14, `state` before. */
+struct task_struct___pre514 {
+	long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u32 kd_task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+}
+
+/* The state bits sched_switch's classic record reports (TASK_REPORT). */
+#define KD_TASK_REPORT 0x7f
 
 /* log2 slot, the rule of shared/src/histogram.rs: 0 and 1 in slot 0. */
 static __always_inline __u32 kd_log2(__u64 v)

@@ -66,3 +66,53 @@ pub fn vmlinux() -> Result<Btf<'static>> {
 pub fn vmlinux_path() -> &'static Path {
     custom().unwrap_or(Path::new(SYSFS_VMLINUX))
 }
+
+/// The arguments tracepoint `name` passes its raw programs, from its
+/// `btf_trace_<name>` prototype (after the leading `void *`), each type
+/// written with typedefs and qualifiers resolved: `u32`, `s64`, `bool`,
+/// `struct zone *`, `enum migrate_mode`. None where this BTF does not type
+/// the tracepoint. What a raw program may read is decided from these, not
+/// from the kernel's version: distributions backport.
+pub fn tracepoint_args(btf: &Btf, name: &str) -> Option<Vec<String>> {
+    use libbpf_rs::btf::{types, BtfKind, BtfType};
+    let t = btf.type_by_name::<BtfType>(&format!("btf_trace_{name}"))?;
+    let proto = types::FuncProto::try_from(t.skip_mods_and_typedefs().next_type()?.skip_mods_and_typedefs()).ok()?;
+    let spell = |t: BtfType| -> String {
+        let t = t.skip_mods_and_typedefs();
+        let name = || t.name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match t.kind() {
+            BtfKind::Int => match types::Int::try_from(t) {
+                Ok(i) if matches!(i.encoding, types::IntEncoding::Bool) => "bool".into(),
+                Ok(i) if matches!(i.encoding, types::IntEncoding::Signed) => format!("s{}", i.bits),
+                Ok(i) => format!("u{}", i.bits),
+                Err(_) => "int".into(),
+            },
+            BtfKind::Ptr => match t.next_type().map(|p| p.skip_mods_and_typedefs()) {
+                Some(p) if matches!(p.kind(), BtfKind::Struct | BtfKind::Union | BtfKind::Fwd) => {
+                    format!("struct {} *", p.name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+                }
+                _ => "void *".into(),
+            },
+            BtfKind::Enum | BtfKind::Enum64 => format!("enum {}", name()),
+            k => format!("{k:?}"),
+        }
+    };
+    Some(proto.iter().skip(1).filter_map(|p| btf.type_by_id::<BtfType>(p.ty)).map(spell).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This kernel's own prototypes, as /sys/kernel/btf/vmlinux types them
+    /// (6.18): typedefs (gfp_t), bools, struct pointers.
+    #[test]
+    fn tracepoint_arguments_of_this_kernel() {
+        let btf = vmlinux().unwrap();
+        let args = |n| tracepoint_args(&btf, n);
+        assert_eq!(args("mm_page_alloc").unwrap(), ["struct page *", "u32", "u32", "s32"]);
+        assert_eq!(args("sched_switch").unwrap()[..3], ["bool", "struct task_struct *", "struct task_struct *"]);
+        assert_eq!(args("mm_vmscan_direct_reclaim_end").unwrap(), ["u64"]);
+        assert_eq!(args("no_such_tracepoint"), None);
+    }
+}

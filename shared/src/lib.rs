@@ -13,6 +13,8 @@
 //!   and attaching BPF programs with `PERF_EVENT_IOC_SET_BPF`.
 //! - [`transport`]: ring buffer, or perf buffer on kernels without one,
 //!   with lost-event counting.
+//! - [`rawtp`]: raw tracepoints, run as tp_btf where the kernel allows:
+//!   attached and detached without the classic ones' grace periods.
 //! - [`links`]: attached programs, detached in parallel.
 //! - [`ftrace`]: a private tracefs instance for the ftrace rung, removed
 //!   on exit.
@@ -50,6 +52,7 @@ pub mod perf;
 pub mod pprof;
 pub mod precheck;
 pub mod probe;
+pub mod rawtp;
 pub mod runctl;
 pub mod skel;
 pub mod softirq;

@@ -20,7 +20,7 @@ struct Tool {
 }
 
 const TOOLS: &[Tool] = &[
-    Tool { name: "epollwake", ladder: &["fentry", "kprobe", "tracepoint"], args: &["-p", "1", "1"] },
+    Tool { name: "epollwake", ladder: &["fentry", "kprobe", "tp_btf", "raw_tp"], args: &["-p", "1", "1"] },
     Tool { name: "offwaketime", ladder: &["tp_btf", "raw_tp", "tracepoint", "kprobe"], args: &["1"] },
     // funcstack has one ladder for a single function and one for a glob.
     Tool { name: "funcstack", ladder: &["fentry", "kprobe", "ftrace"], args: &["vfs_read", "1"] },

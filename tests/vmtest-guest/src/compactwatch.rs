@@ -148,9 +148,12 @@ fn try_case(gfp: &str, count: u32, judge: fn(&[Value]) -> bool) -> (bool, String
     // kworkers outside -p: every order-ORDER failure of ours is the module's.
     let sum = summary(&records);
     let exact = summary_failed(sum).0 == Some(failed_n) && sum["lost"].as_u64() == Some(0);
-    let good = judge(&mine) && verdicts_follow(&mine) && exact;
+    // Raw tracepoints, each with the program for this kernel's arguments.
+    let raw = sum["backend"] == "tp_btf" && !run.stderr.iter().any(|l| l.contains("as a classic tracepoint"));
+    let good = judge(&mine) && verdicts_follow(&mine) && exact && raw;
     let detail = format!(
         "{count} x order {ORDER} {gfp}: {ok_n} allocated, {failed_n} failed; exact count and nothing lost: {exact}; \
+         all raw tracepoints: {raw}; \
          {} records ({} fail, {} stall, {} verdict) in {:.1} s: [{}]; {}",
         records.len(),
         records.iter().filter(|r| r["type"] == "fail").count(),

@@ -117,8 +117,9 @@ pub struct Cli {
     #[arg(long = "max-rate", value_name = "N", default_value = "10", value_parser = parse_rate, allow_negative_numbers = true)]
     pub max_rate: u32,
 
-    /// tracepoint (classic tracepoints, the one mechanism whose records
-    /// of these events are stable across kernel versions).
+    /// tp_btf, raw_tp (each tracepoint read as the arguments this kernel
+    /// passes it) or tracepoint (the classic records, stable across kernel
+    /// versions); default: the first this kernel allows.
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
 

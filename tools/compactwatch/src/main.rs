@@ -9,6 +9,7 @@ mod decode;
 mod dmesg;
 mod episode;
 mod gfp;
+mod hooks;
 mod live;
 mod logline;
 mod metrics;
@@ -37,14 +38,17 @@ use kdiag_shared::metrics::Exporter;
 use kdiag_shared::output::{Sink, WallClock};
 use kdiag_shared::stacks::Stacks;
 use kdiag_shared::transport::{Inbox, Kind as Transport};
-use kdiag_shared::{precheck, probe, say, warning, Errno};
+use kdiag_shared::{precheck, probe, say, warning};
+use libbpf_rs::skel::{OpenSkel, Skel};
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 use watermark::Algo;
 
-/// Classic tracepoint records, read through CO-RE: the raw_tp and tp_btf
-/// argument lists of the compaction events changed around 5.18.
-const LADDER: [Mechanism; 1] = [Mechanism::Tracepoint];
+/// Raw tracepoints, as tp_btf where BTF types them: attached and detached
+/// without the grace periods classic ones wait for (hooks.rs picks each
+/// one's program by its arguments); classic tracepoint records through
+/// CO-RE, the arguments of none known, on the last rung.
+const LADDER: [Mechanism; 3] = [Mechanism::TpBtf, Mechanism::RawTp, Mechanism::Tracepoint];
 
 fn main() {
     kdiag_shared::lifecycle::main("compactwatch", run)
@@ -61,6 +65,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     precheck::check(precheck::Needs { btf: true, tracefs: true })?;
     let tfs = precheck::tracefs().map_err(anyhow::Error::msg)?;
     let choice = s.choose(&LADDER, cli.backend.as_deref(), probe::kernel_supports)?;
+    let plan = hooks::Plan::new(choice.mechanism, kdiag_shared::btf::vmlinux)?;
     let dec = Decoders::load(&tfs);
     let kernel = KernelVersion::running().context("cannot read the kernel release")?;
     let algo = cli.algo.0.unwrap_or_else(|| Algo::for_kernel(kernel));
@@ -74,42 +79,19 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     ro.target_tgid = cli.pid.unwrap_or(0);
     ro.max_per_sec = cli.max_rate;
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
+    plan.select(open.open_object_mut())?;
     let skel = s.load(open)?;
-
-    // mm_page_alloc is the one signal without which the tool is blind; the
-    // others are attached if this kernel has them, and missing ones named.
-    let p = &skel.progs;
+    let (attached, missing) = plan.attach(skel.object())?;
     let mut links = kdiag_shared::links::Links::new();
-    let mut missing = Vec::new();
-    let all: [(&str, &libbpf_rs::ProgramMut); 12] = [
-        ("kmem:mm_page_alloc", &p.cw_page_alloc),
-        ("vmscan:mm_vmscan_direct_reclaim_begin", &p.cw_reclaim_begin),
-        ("vmscan:mm_vmscan_direct_reclaim_end", &p.cw_reclaim_end),
-        ("compaction:mm_compaction_try_to_compact_pages", &p.cw_try_compact),
-        ("compaction:mm_compaction_begin", &p.cw_compact_begin),
-        ("compaction:mm_compaction_end", &p.cw_compact_end),
-        ("compaction:mm_compaction_migratepages", &p.cw_migratepages),
-        ("compaction:mm_compaction_suitable", &p.cw_suitable),
-        ("compaction:mm_compaction_finished", &p.cw_finished),
-        ("compaction:mm_compaction_deferred", &p.cw_deferred),
-        ("compaction:mm_compaction_defer_compaction", &p.cw_defer_compaction),
-        ("compaction:mm_compaction_defer_reset", &p.cw_defer_reset),
-    ];
-    for (i, (name, prog)) in all.iter().enumerate() {
-        match prog.attach() {
-            Ok(l) => links.push(l),
-            Err(e) if i == 0 => {
-                let why = Errno::of_libbpf(&e).map(|e| e.to_string()).unwrap_or_else(|| e.to_string());
-                return Err(anyhow!("cannot attach to {name}: {why}"));
-            }
-            Err(_) => missing.push(*name),
-        }
-    }
+    links.extend(attached);
     let inbox = Inbox::open(transport, &[(&skel.maps.events_ring, &skel.maps.events_perf)], record::decode_record)?;
     s.checkpoint()?;
 
     s.start(cli.duration);
     say!("{}", choice.explain());
+    for note in &plan.classic {
+        say!("{note}");
+    }
     say!(
         "kernel {kernel}, {} watermark algorithm{}; GFP names from the {}, compaction status from the {}",
         algo.name(),
@@ -167,6 +149,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
         &skel.maps.allocs,
         &skel.maps.fails,
         summary::Run {
+            backend: choice.mechanism.name(),
             duration_s: s.run().elapsed().as_secs_f64(),
             stop_reason: reason.to_string(),
             min_order: cli.order,

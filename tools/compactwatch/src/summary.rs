@@ -72,6 +72,8 @@ pub struct Reported {
 
 /// What the summary needs from the run besides the maps.
 pub struct Run<'a> {
+    /// The backend's name: tp_btf, raw_tp or tracepoint.
+    pub backend: &'static str,
     pub duration_s: f64,
     pub stop_reason: String,
     pub min_order: u32,
@@ -119,7 +121,7 @@ pub fn build(st: Totals, allocs: &libbpf_rs::Map, fails: &libbpf_rs::Map, run: R
         .collect();
     Ok(Summary {
         kind: "summary",
-        backend: "tracepoint",
+        backend: run.backend,
         duration_s: run.duration_s,
         stop_reason: run.stop_reason,
         min_order: run.min_order,

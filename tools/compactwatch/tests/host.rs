@@ -4,7 +4,8 @@
 //! cannot make a test pass.
 
 use kdiag_testkit::consumers::{free_port, http_get, promtool_check, Prometheus};
-use kdiag_testkit::{held_by, run, run_watching_programs, spawn, Held};
+use kdiag_testkit::{held_by, programs_held_by, run, run_watching_programs, spawn, Held};
+use libbpf_rs::ProgramType;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -231,7 +232,21 @@ fn missing_privileges_is_one_clear_line() {
 /// THP fault path and to this process, filtered in the kernel by -p.
 #[test]
 fn huge_page_allocations_are_counted_with_their_caller() {
-    let mut r = spawn(BIN, &["--order", "9", "-p", &me(), "--json", "--stack"]);
+    huge_page_allocations_counted(&[]);
+}
+
+/// The same through the classic records, the rung for tracepoints whose
+/// raw arguments this tool does not know.
+#[test]
+fn huge_page_allocations_on_classic_tracepoints() {
+    huge_page_allocations_counted(&["--backend", "tracepoint"]);
+}
+
+fn huge_page_allocations_counted(backend: &[&str]) {
+    let pid = me();
+    let mut args = vec!["--order", "9", "-p", &pid, "--json", "--stack"];
+    args.extend(backend);
+    let mut r = spawn(BIN, &args);
     r.wait_for_stderr(BANNER, START);
     let huge = touch_huge_pages(64);
     assert!(huge >= 8, "the kernel gave only {huge} huge pages; THP must be 'madvise' or 'always'");
@@ -259,7 +274,26 @@ fn huge_page_allocations_are_counted_with_their_caller() {
 /// sees the vmstat counters move.
 #[test]
 fn compaction_runs_are_reported_with_status_and_duration() {
-    let mut r = spawn(BIN, &["--order", "9", "-p", &me(), "--json", "--interval", "1"]);
+    compaction_runs_reported(&[]);
+}
+
+/// Raw tracepoints without BTF types (kernels before 5.5, or --btf): the
+/// same programs, untyped.
+#[test]
+fn compaction_runs_on_raw_tracepoints() {
+    compaction_runs_reported(&["--backend", "raw_tp"]);
+}
+
+#[test]
+fn compaction_runs_on_classic_tracepoints() {
+    compaction_runs_reported(&["--backend", "tracepoint"]);
+}
+
+fn compaction_runs_reported(backend: &[&str]) {
+    let pid = me();
+    let mut args = vec!["--order", "9", "-p", &pid, "--json", "--interval", "1"];
+    args.extend(backend);
+    let mut r = spawn(BIN, &args);
     r.wait_for_stderr(BANNER, START);
     let migrated_before = pgmigrate_success();
     std::fs::write("/proc/sys/vm/compact_memory", "1").unwrap();
@@ -269,7 +303,10 @@ fn compaction_runs_are_reported_with_status_and_duration() {
     let out = r.wait();
     assert!(out.status.success(), "{out:?}");
     let lines = out.json_lines();
-    let runs: Vec<&Value> = lines.iter().filter(|l| l["type"] == "compact").collect();
+    // Tests in this process run at once, each writing compact_memory: only
+    // this thread's runs are this test's.
+    let tid = unsafe { libc::gettid() } as u64;
+    let runs: Vec<&Value> = lines.iter().filter(|l| l["type"] == "compact" && l["tid"] == tid).collect();
     let populated = populated_zones();
     assert_eq!(runs.len(), populated, "one run per populated zone: {runs:?}");
     let status_table =
@@ -289,7 +326,10 @@ fn compaction_runs_are_reported_with_status_and_duration() {
     assert!(lines.iter().any(|l| l["type"] == "verdict"), "--interval 1 gave no verdict");
     let sum = lines.last().unwrap();
     assert_eq!(sum["stop_reason"], "SIGTERM received");
-    assert_eq!(sum["compaction_runs"].as_u64(), Some(runs.len() as u64));
+    assert_eq!(sum["backend"], backend.get(1).copied().unwrap_or("tp_btf"));
+    assert!(!out.stderr.contains("as a classic tracepoint"), "{}", out.stderr);
+    let every_run = lines.iter().filter(|l| l["type"] == "compact").count();
+    assert_eq!(sum["compaction_runs"].as_u64(), Some(every_run as u64));
 }
 
 /// The interval verdict is computed from what /proc says now: same
@@ -324,6 +364,12 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     let held: Held = held_by(r.pid());
     assert_eq!(held.progs.len(), PROGRAMS, "{held:?}");
     assert_eq!(held.links.len(), PROGRAMS, "{held:?}");
+    // All raw tracepoints, typed by this kernel's BTF: no perf event, so
+    // nothing waits for an RCU grace period when they go.
+    assert_eq!(held.perf_events, 0, "{held:?}");
+    for (name, ty) in programs_held_by(r.pid()) {
+        assert_eq!(ty, ProgramType::Tracing, "{name}");
+    }
     if let Some(sig) = stop {
         r.signal(sig);
     }

@@ -49,8 +49,9 @@ outside_listeners and per_endpoint are the tables in full, and per_socket
 lists every socket seen, with its listener.
 
 Backends: fentry or kprobe on ep_poll_callback where the kernel allows it
-(the epitem gives the exact fd); otherwise classic tracepoints: the socket
-from sock:sk_data_ready / sock:inet_sock_set_state, tied to the wake-up by
+(the epitem gives the exact fd); otherwise tracepoints (tp_btf, or raw_tp
+where the kernel's BTF does not type them): the socket from
+sock:sk_data_ready / sock:inet_sock_set_state, tied to the wake-up by
 ep_poll_callback in the waker's stack. The banner says which is used.
 A herd is every wake-up made inside one call of the socket's callback
 (sock_def_readable, sock_def_wakeup) on one CPU.
@@ -100,7 +101,7 @@ pub struct Cli {
     #[arg(long, value_name = "BINARY:SYMBOL")]
     pub uprobe: Option<String>,
 
-    /// fentry, kprobe or tracepoint; default: the first this kernel allows.
+    /// fentry, kprobe, tp_btf or raw_tp; default: the first this kernel allows.
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
 

@@ -21,7 +21,7 @@ mod bpf {
 
 use anyhow::{anyhow, bail, Context, Result};
 use attach::{Plan, LADDER};
-use bpf::types::ew_stats;
+use bpf::types::{ew_ksym_ranges, ew_stats};
 use bpf::EpollwakeSkelBuilder;
 use events::Event;
 use kdiag_shared::lifecycle::Session;
@@ -35,7 +35,7 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 use timeline::{Filter, Options, Timeline};
 
-kdiag_shared::plain_data!(ew_stats);
+kdiag_shared::plain_data!(ew_stats, ew_ksym_ranges);
 
 fn main() {
     kdiag_shared::lifecycle::main("epollwake", run)
@@ -55,9 +55,10 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let uprobes = cli.uprobe.as_deref().map(|s| uprobe::resolve(pid, s)).transpose().map_err(anyhow::Error::msg)?;
     precheck::check(precheck::Needs { btf: true, tracefs: true })?;
     let tracefs = precheck::tracefs().map_err(anyhow::Error::msg)?;
+    let ksyms = attach::lookup_ksyms();
 
     let choice = s.choose(&LADDER, cli.backend.as_deref(), probe::kernel_supports)?;
-    let plan = Plan::new(choice.mechanism, &tracefs);
+    let mut plan = Plan::new(choice.mechanism, &tracefs, ksyms);
     let transport = Transport::detect();
     let mut storage = MaybeUninit::uninit();
     let mut open = kdiag_shared::skel::open(EpollwakeSkelBuilder::default(), &mut storage)?;
@@ -67,10 +68,11 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     ro.filter_tids = !cli.tids.is_empty();
     ro.epitem_backend = plan.epitem;
     ro.epitem_by_stack = plan.by_stack;
-    ro.ksym_range = plan.ranges;
+    ro.has_pwait2 = plan.pwait2;
     transport.configure(&mut open.maps.events_ring, &mut open.maps.events_perf)?;
-    plan.select(&mut open.progs, uprobes.is_some());
+    plan.select(&mut open.progs, uprobes.is_some())?;
     let skel = s.load(open)?;
+    plan.fill_ranges(&skel.maps.ksym_ranges)?;
 
     for tid in &cli.tids {
         skel.maps.tids.update(&tid.to_ne_bytes(), &[1u8], MapFlags::ANY).context("setting the thread filter")?;

@@ -7,7 +7,8 @@ mod nginx;
 mod scenario;
 
 use kdiag_shared::backend::{Mechanism, ProbeError};
-use kdiag_testkit::{held_by, run, spawn, Held};
+use kdiag_testkit::{held_by, programs_held_by, run, spawn, Held};
+use libbpf_rs::ProgramType;
 use scenario::{of_type, verify, Server, EPOLLIN, EPOLLRDHUP};
 use serde_json::Value;
 use std::thread;
@@ -17,18 +18,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_epollwake");
 const BANNER: &str = "watching process";
 const START: Duration = Duration::from_secs(30);
 
-/// The backend a run must use: the host can only do tracepoints; a guest
-/// test runs this same file with EPOLLWAKE_TEST_BACKEND=kprobe or fentry.
+/// The backend a run must use: the host can only do tracepoints, typed by
+/// its BTF; EPOLLWAKE_TEST_BACKEND=raw_tp holds the untyped rung to the
+/// same checks.
 fn backend() -> String {
-    std::env::var("EPOLLWAKE_TEST_BACKEND").unwrap_or_else(|_| "tracepoint".into())
+    std::env::var("EPOLLWAKE_TEST_BACKEND").unwrap_or_else(|_| "tp_btf".into())
 }
 
 /// Run the whole scenario against a server bound to `bind` and check what
 /// epollwake reports, record by record.
 fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Value> {
+    scenario_on(&backend(), bind, family, local_ip, extra)
+}
+
+fn scenario_on(backend: &str, bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Value> {
     let server = Server::start(bind);
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend.into()];
     args.extend(server.tid_args());
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -40,7 +46,7 @@ fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Val
     let out = r.wait();
     assert!(out.status.success(), "{out:?}");
     let lines = out.json_lines();
-    verify(&lines, &out.stdout, &server, client, family, local_ip, &backend());
+    verify(&lines, &out.stdout, &server, client, family, local_ip, backend);
     drop(server);
     lines
 }
@@ -53,6 +59,13 @@ fn ipv4_herd_data_and_close() {
 #[test]
 fn ipv6_herd_data_and_close() {
     scenario("[::1]:0", "ipv6", "::1", &[]);
+}
+
+/// The rung for kernels whose tracepoints BTF does not type (or BTF from
+/// --btf): the same programs, untyped, held to the same checks.
+#[test]
+fn raw_tracepoints_herd_data_and_close() {
+    scenario_on("raw_tp", "127.0.0.1:0", "ipv4", "127.0.0.1", &[]);
 }
 
 /// The seed traced Envoy's event callback with a uprobe; here the server's
@@ -141,12 +154,17 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     let mut r = spawn(BIN, &argv);
     r.wait_for_stderr(BANNER, START);
     let held: Held = held_by(r.pid());
-    // 6 epoll syscalls, 2 softirq, waking, switch, 4 accept, close,
-    // 2 epoll_ctl, and 2 for the socket: sk_data_ready and
-    // inet_sock_set_state, or ep_poll_callback entry and exit. 19
-    // programs, each with its link.
-    assert_eq!(held.progs.len(), 19, "{held:?}");
-    assert_eq!(held.links.len(), 19, "{held:?}");
+    // Syscall entry and exit, 2 softirq, waking, switch, and the socket's
+    // sk_data_ready and inet_sock_set_state: 8 programs, each with its
+    // link, all raw tracepoints (no perf event: nothing waits for an RCU
+    // grace period when they go).
+    assert_eq!(held.progs.len(), 8, "{held:?}");
+    assert_eq!(held.links.len(), 8, "{held:?}");
+    assert_eq!(held.perf_events, 0, "{held:?}");
+    let want = if backend() == "tp_btf" { ProgramType::Tracing } else { ProgramType::RawTracepoint };
+    for (name, ty) in programs_held_by(r.pid()) {
+        assert_eq!(ty, want, "{name}");
+    }
     if let Some(sig) = stop {
         r.signal(sig);
     }
@@ -207,7 +225,10 @@ fn bad_input_is_one_line() {
         (&["-p", "abc"], "invalid value 'abc'"),
         (&["-p", "999999999"], "no process with PID 999999999"),
         (&["-p", &me, "-t", "1"], "thread 1 is not a thread of process"),
-        (&["-p", &me, "--backend", "perf"], "unknown backend 'perf' (this tool supports: fentry, kprobe, tracepoint)"),
+        (
+            &["-p", &me, "--backend", "perf"],
+            "unknown backend 'perf' (this tool supports: fentry, kprobe, tp_btf, raw_tp)",
+        ),
         (&["-p", &me, "--uprobe", "nocolon"], "expected BINARY:SYMBOL"),
         (&["-p", &me, "--uprobe", "/nonexistent/bin:f"], "'/nonexistent/bin' is neither a file nor mapped"),
         (&["-p", &me, "--uprobe", "/proc/self/exe:no_such_fn_*"], "no function matching 'no_such_fn_*'"),

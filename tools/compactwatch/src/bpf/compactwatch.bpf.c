@@ -2,10 +2,17 @@
 /* compactwatch: high-order allocations, the direct reclaim and compaction
  * they trigger, and the ones that fail.
  *
- * Everything hangs on classic tracepoints read through CO-RE records: their
- * field names have been stable for years, while the raw_tp/tp_btf argument
- * lists of the compaction events changed around 5.18 (they now pass
- * struct compact_control *). No kprobes: the host kernel has none.
+ * Everything hangs on tracepoints (no kprobes: the host kernel has none),
+ * each taken raw where userspace recognises the arguments this kernel
+ * passes (btf_trace_<name> in its BTF: the compaction events changed
+ * theirs in 5.18, to pass struct compact_control *, and again since), as
+ * its classic record through CO-RE otherwise, whose field names have been
+ * stable for years. A raw tracepoint (raw_tp, run as tp_btf where BTF
+ * types it) opens no perf event and detaches without the RCU grace
+ * periods that closing a classic tracepoint's perf event waits for, one
+ * tracepoint after another (about half a second for these twelve). Each
+ * event's logic is one function below; its classic and raw programs only
+ * read the arguments.
  *
  * A stall episode of a task opens at mm_vmscan_direct_reclaim_begin or
  * mm_compaction_try_to_compact_pages for an order >= min_order, and closes
@@ -26,6 +33,7 @@
  * at all and a half-seen episode never waits in userspace for its end. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "kdiag.bpf.h"
 #include "compactwatch.h"
@@ -220,30 +228,21 @@ static __always_inline __s32 stack_of(void *ctx)
 	return id;
 }
 
-SEC("tracepoint/kmem/mm_page_alloc")
-int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
+static __always_inline int page_alloc(void *ctx, __u32 order, bool failed, __u64 gfp, __s64 migratetype)
 {
-	__u64 pid_tgid, pfn = 0, gfp;
-	__u32 order = ctx->order, tid;
+	__u64 pid_tgid;
 	__s32 stack_id = -1;
 	struct cw_stats *s;
 	struct cw_event *e;
 	struct tstate *t;
-	bool failed, episode;
+	bool episode;
+	__u32 tid;
 
 	if (order < min_order)
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
 	if (!tgid_wanted(pid_tgid))
 		return 0;
-	if (bpf_core_field_exists(ctx->pfn)) {
-		CW_READ_UINT(pfn, ctx, pfn);
-		failed = pfn == (__u64)-1 || (bpf_core_field_size(ctx->pfn) == 4 && pfn == 0xffffffffULL);
-	} else {
-		struct trace_event_raw_mm_page_alloc___page *old = (void *)ctx;
-		failed = BPF_CORE_READ(old, page) == 0;
-	}
-	CW_READ_UINT(gfp, ctx, gfp_flags);
 	tid = (__u32)pid_tgid;
 	t = bpf_map_lookup_elem(&tasks, &tid);
 	episode = t && t->active;
@@ -273,8 +272,7 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 		else if ((e = new_event(failed ? CW_ALLOC_FAIL : CW_ALLOC_DONE, pid_tgid))) {
 			e->order = order;
 			e->gfp = gfp;
-			e->a = failed ? -1 : (__s64)pfn;
-			e->b = ctx->migratetype;
+			e->b = migratetype;
 			e->stack_id = failed ? stack_id : stack_of(ctx);
 			send(ctx, e);
 		}
@@ -302,6 +300,32 @@ int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
 	return 0;
 }
 
+/* The allocator's answer: no page (pfn -1 in the record) is a failure. */
+SEC("tracepoint/kmem/mm_page_alloc")
+int cw_page_alloc(struct trace_event_raw_mm_page_alloc *ctx)
+{
+	__u64 pfn = 0, gfp;
+	bool failed;
+
+	if (ctx->order < min_order)
+		return 0;
+	if (bpf_core_field_exists(ctx->pfn)) {
+		CW_READ_UINT(pfn, ctx, pfn);
+		failed = pfn == (__u64)-1 || (bpf_core_field_size(ctx->pfn) == 4 && pfn == 0xffffffffULL);
+	} else {
+		struct trace_event_raw_mm_page_alloc___page *old = (void *)ctx;
+		failed = BPF_CORE_READ(old, page) == 0;
+	}
+	CW_READ_UINT(gfp, ctx, gfp_flags);
+	return page_alloc(ctx, ctx->order, failed, gfp, ctx->migratetype);
+}
+
+SEC("raw_tp/mm_page_alloc")
+int BPF_PROG(cw_page_alloc_raw, struct page *page, unsigned int order, gfp_t gfp, int migratetype)
+{
+	return page_alloc(ctx, order, !page, gfp, migratetype);
+}
+
 /* Open (or keep open) the stall episode of the current task; true if it
  * is over the rate and sends nothing. */
 static __always_inline bool open_episode(__u32 tid)
@@ -322,11 +346,9 @@ static __always_inline bool open_episode(__u32 tid)
 	return quiet;
 }
 
-SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_begin")
-int cw_reclaim_begin(struct trace_event_raw_mm_vmscan_direct_reclaim_begin_template *ctx)
+static __always_inline int reclaim_begin(void *ctx, int order, __u64 gfp)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	int order = ctx->order;
 	struct cw_event *e;
 
 	if (order < (int)min_order || !tgid_wanted(pid_tgid))
@@ -339,14 +361,28 @@ int cw_reclaim_begin(struct trace_event_raw_mm_vmscan_direct_reclaim_begin_templ
 	if (!e)
 		return 0;
 	e->order = order;
-	CW_READ_UINT(e->gfp, ctx, gfp_flags);
+	e->gfp = gfp;
 	e->stack_id = stack_of(ctx);
 	send(ctx, e);
 	return 0;
 }
 
-SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_end")
-int cw_reclaim_end(struct trace_event_raw_mm_vmscan_direct_reclaim_end_template *ctx)
+SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_begin")
+int cw_reclaim_begin(struct trace_event_raw_mm_vmscan_direct_reclaim_begin_template *ctx)
+{
+	__u64 gfp;
+
+	CW_READ_UINT(gfp, ctx, gfp_flags);
+	return reclaim_begin(ctx, ctx->order, gfp);
+}
+
+SEC("raw_tp/mm_vmscan_direct_reclaim_begin")
+int BPF_PROG(cw_reclaim_begin_raw, int order, gfp_t gfp)
+{
+	return reclaim_begin(ctx, order, gfp);
+}
+
+static __always_inline int reclaim_end(void *ctx, __u64 nr_reclaimed)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -362,16 +398,30 @@ int cw_reclaim_end(struct trace_event_raw_mm_vmscan_direct_reclaim_end_template 
 	e = new_event(CW_RECLAIM_END, pid_tgid);
 	if (!e)
 		return 0;
-	CW_READ_UINT(e->a, ctx, nr_reclaimed);
+	e->a = nr_reclaimed;
 	send(ctx, e);
 	return 0;
 }
 
-SEC("tracepoint/compaction/mm_compaction_try_to_compact_pages")
-int cw_try_compact(struct trace_event_raw_mm_compaction_try_to_compact_pages *ctx)
+SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_end")
+int cw_reclaim_end(struct trace_event_raw_mm_vmscan_direct_reclaim_end_template *ctx)
+{
+	__u64 n;
+
+	CW_READ_UINT(n, ctx, nr_reclaimed);
+	return reclaim_end(ctx, n);
+}
+
+SEC("raw_tp/mm_vmscan_direct_reclaim_end")
+int BPF_PROG(cw_reclaim_end_raw, unsigned long nr_reclaimed)
+{
+	return reclaim_end(ctx, nr_reclaimed);
+}
+
+/* prio: -1 where the kernel does not say. */
+static __always_inline int try_compact(void *ctx, int order, __u64 gfp, __s64 prio)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	int order = ctx->order;
 	struct cw_event *e;
 
 	if (order < (int)min_order || !tgid_wanted(pid_tgid))
@@ -384,20 +434,35 @@ int cw_try_compact(struct trace_event_raw_mm_compaction_try_to_compact_pages *ct
 	if (!e)
 		return 0;
 	e->order = order;
-	CW_READ_UINT(e->gfp, ctx, gfp_mask);
-	if (bpf_core_field_exists(ctx->prio))
-		e->b = ctx->prio;
-	else
-		e->b = -1;
+	e->gfp = gfp;
+	e->b = prio;
 	e->stack_id = stack_of(ctx);
 	send(ctx, e);
 	return 0;
 }
 
+SEC("tracepoint/compaction/mm_compaction_try_to_compact_pages")
+int cw_try_compact(struct trace_event_raw_mm_compaction_try_to_compact_pages *ctx)
+{
+	__s64 prio = -1;
+	__u64 gfp;
+
+	CW_READ_UINT(gfp, ctx, gfp_mask);
+	if (bpf_core_field_exists(ctx->prio))
+		prio = ctx->prio;
+	return try_compact(ctx, ctx->order, gfp, prio);
+}
+
+SEC("raw_tp/mm_compaction_try_to_compact_pages")
+int BPF_PROG(cw_try_compact_raw, int order, gfp_t gfp, int prio)
+{
+	return try_compact(ctx, order, gfp, prio);
+}
+
 /* Compaction runs outside an episode (kcompactd, compact_memory, proactive
  * compaction) are reported too, unless a -p filter excludes the task. */
-SEC("tracepoint/compaction/mm_compaction_begin")
-int cw_compact_begin(struct trace_event_raw_mm_compaction_begin *ctx)
+static __always_inline int compact_begin(void *ctx, __u64 zone_start, __u64 migrate_pfn, __u64 free_pfn,
+					 __u64 zone_end, bool sync)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -426,49 +491,119 @@ int cw_compact_begin(struct trace_event_raw_mm_compaction_begin *ctx)
 	e = new_event(CW_COMPACT_BEGIN, pid_tgid);
 	if (!e)
 		return 0;
-	e->a = ctx->zone_start;
-	e->b = ctx->migrate_pfn;
-	e->c = ctx->free_pfn;
-	e->d = ctx->zone_end;
-	e->e = ctx->sync;
+	e->a = zone_start;
+	e->b = migrate_pfn;
+	e->c = free_pfn;
+	e->d = zone_end;
+	e->e = sync;
 	send(ctx, e);
+	return 0;
+}
+
+SEC("tracepoint/compaction/mm_compaction_begin")
+int cw_compact_begin(struct trace_event_raw_mm_compaction_begin *ctx)
+{
+	return compact_begin(ctx, ctx->zone_start, ctx->migrate_pfn, ctx->free_pfn, ctx->zone_end, ctx->sync);
+}
+
+/* Before 5.18. */
+SEC("raw_tp/mm_compaction_begin")
+int BPF_PROG(cw_compact_begin_pfns, unsigned long zone_start, unsigned long migrate_pfn, unsigned long free_pfn,
+	     unsigned long zone_end, bool sync)
+{
+	return compact_begin(ctx, zone_start, migrate_pfn, free_pfn, zone_end, sync);
+}
+
+/* Since 5.18: where the scanners start is in the compact_control. */
+SEC("raw_tp/mm_compaction_begin")
+int BPF_PROG(cw_compact_begin_cc, struct compact_control *cc, unsigned long zone_start, unsigned long zone_end,
+	     bool sync)
+{
+	return compact_begin(ctx, zone_start, BPF_CORE_READ(cc, migrate_pfn), BPF_CORE_READ(cc, free_pfn), zone_end,
+			     sync);
+}
+
+static __always_inline int migratepages(__u64 migrated, __u64 failed)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
+
+	if (!t || !t->running)
+		return 0;
+	t->migrated += migrated;
+	t->failed += failed;
 	return 0;
 }
 
 SEC("tracepoint/compaction/mm_compaction_migratepages")
 int cw_migratepages(struct trace_event_raw_mm_compaction_migratepages *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
 	__u64 m, f;
 
-	if (!t || !t->running)
-		return 0;
 	CW_READ_UINT(m, ctx, nr_migrated);
 	CW_READ_UINT(f, ctx, nr_failed);
-	t->migrated += m;
-	t->failed += f;
-	return 0;
+	return migratepages(m, f);
 }
 
-SEC("tracepoint/compaction/mm_compaction_end")
-int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
+/* Before 5.16: what migrate_pages() returned, the pages not migrated
+ * when that is a count, else the pages left on the list (at most
+ * COMPACT_CLUSTER_MAX, 32), as the classic record counts them. */
+SEC("raw_tp/mm_compaction_migratepages")
+int BPF_PROG(cw_migratepages_list, unsigned long nr_all, int migrate_rc, struct list_head *pages)
+{
+	struct list_head *p;
+	__u64 failed = 0;
+
+	if (migrate_rc >= 0) {
+		failed = migrate_rc;
+	} else {
+		p = BPF_CORE_READ(pages, next);
+		for (int i = 0; i < 64 && p && p != pages; i++) {
+			failed++;
+			p = BPF_CORE_READ(p, next);
+		}
+	}
+	return migratepages(nr_all - failed, failed);
+}
+
+/* 5.18 to 6.x: the pages isolated are counted in the compact_control. */
+SEC("raw_tp/mm_compaction_migratepages")
+int BPF_PROG(cw_migratepages_cc, struct compact_control *cc, unsigned int nr_succeeded)
+{
+	return migratepages(nr_succeeded, BPF_CORE_READ(cc, nr_migratepages) - nr_succeeded);
+}
+
+/* 5.16-5.17 (unsigned long, unsigned int) and since 6.x (unsigned int,
+ * unsigned int): how many, and how many moved. */
+SEC("raw_tp/mm_compaction_migratepages")
+int BPF_PROG(cw_migratepages_counts, unsigned long nr_all, unsigned int nr_succeeded)
+{
+	return migratepages(nr_succeeded, nr_all - nr_succeeded);
+}
+
+static __always_inline int compact_end(void *ctx, __u64 zone_start, __u64 migrate_pfn, __u64 free_pfn,
+				       __u64 zone_end, bool sync, int status)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct tstate *t = bpf_map_lookup_elem(&tasks, &tid);
 	struct cw_stats *s;
 	struct cw_event *e;
-	__u32 status; /* negative statuses wrap past the table */
+	/* Negative statuses wrap past the table. */
+	__u32 slot = (__u32)status;
 
 	if (!t || !t->running)
 		return 0;
 	t->running = 0;
 	s = kd_stats();
 	if (s) {
-		status = ctx->status;
-		if (status < CW_MAX_STATUS)
-			s->runs_by_status[status]++;
+		/* The mask bounds the index for the verifier: clang turns the
+		 * comparison into a test of a copy, whose bound it loses, and
+		 * would drop a mask it can prove redundant. */
+		if (slot < CW_MAX_STATUS) {
+			barrier_var(slot);
+			s->runs_by_status[slot & (CW_MAX_STATUS - 1)]++;
+		}
 		if (!t->active)
 			s->background_runs++;
 	}
@@ -477,12 +612,12 @@ int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
 	if (t->quiet)
 		withheld();
 	else if ((e = new_event(CW_COMPACT_END, pid_tgid))) {
-		e->a = ctx->zone_start;
-		e->b = ctx->migrate_pfn;
-		e->c = ctx->free_pfn;
-		e->d = ctx->zone_end;
-		e->e = ctx->sync;
-		e->f = ctx->status;
+		e->a = zone_start;
+		e->b = migrate_pfn;
+		e->c = free_pfn;
+		e->d = zone_end;
+		e->e = sync;
+		e->f = status;
 		e->g = t->migrated;
 		e->h = t->failed;
 		send(ctx, e);
@@ -490,6 +625,28 @@ int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
 	if (!t->active)
 		bpf_map_delete_elem(&tasks, &tid);
 	return 0;
+}
+
+SEC("tracepoint/compaction/mm_compaction_end")
+int cw_compact_end(struct trace_event_raw_mm_compaction_end *ctx)
+{
+	return compact_end(ctx, ctx->zone_start, ctx->migrate_pfn, ctx->free_pfn, ctx->zone_end, ctx->sync,
+			   ctx->status);
+}
+
+SEC("raw_tp/mm_compaction_end")
+int BPF_PROG(cw_compact_end_pfns, unsigned long zone_start, unsigned long migrate_pfn, unsigned long free_pfn,
+	     unsigned long zone_end, bool sync, int status)
+{
+	return compact_end(ctx, zone_start, migrate_pfn, free_pfn, zone_end, sync, status);
+}
+
+SEC("raw_tp/mm_compaction_end")
+int BPF_PROG(cw_compact_end_cc, struct compact_control *cc, unsigned long zone_start, unsigned long zone_end,
+	     bool sync, int status)
+{
+	return compact_end(ctx, zone_start, BPF_CORE_READ(cc, migrate_pfn), BPF_CORE_READ(cc, free_pfn), zone_end,
+			   sync, status);
 }
 
 static __always_inline int zone_event(void *ctx, __u32 kind, int nid, int idx, int order, __s64 d, __s64 e5,
@@ -520,25 +677,62 @@ static __always_inline int zone_event(void *ctx, __u32 kind, int nid, int idx, i
 	return 0;
 }
 
+/* The classic records' nid and idx of a zone: zone_to_nid(), zone_idx(),
+ * the zone's place in its node's node_zones. */
+static __always_inline int zone_nid(struct zone *z)
+{
+	return BPF_CORE_READ(z, zone_pgdat, node_id);
+}
+
+static __always_inline int zone_index(struct zone *z)
+{
+	__u64 first = (__u64)BPF_CORE_READ(z, zone_pgdat) + bpf_core_field_offset(struct pglist_data, node_zones);
+	__u64 size = bpf_core_type_size(struct zone);
+
+	for (int i = 0; i < 8; i++)
+		if ((__u64)z == first + i * size)
+			return i;
+	return -1;
+}
+
 SEC("tracepoint/compaction/mm_compaction_suitable")
 int cw_suitable(struct trace_event_raw_mm_compaction_suitable_template *ctx)
 {
 	return zone_event(ctx, CW_SUITABLE, ctx->nid, ctx->idx, ctx->order, ctx->ret, 0, 0);
 }
 
+SEC("raw_tp/mm_compaction_suitable")
+int BPF_PROG(cw_suitable_raw, struct zone *zone, int order, int ret)
+{
+	return zone_event(ctx, CW_SUITABLE, zone_nid(zone), zone_index(zone), order, ret, 0, 0);
+}
+
 /* compact_finished() traces on every pass of the compaction loop; only the
  * result that ends the run is worth a record. */
+static __always_inline bool run_goes_on(int ret)
+{
+	if (ret == bpf_core_enum_value(enum compact_result, COMPACT_CONTINUE))
+		return true;
+	return bpf_core_enum_value_exists(enum compact_result, COMPACT_NO_SUITABLE_PAGE) &&
+	       ret == bpf_core_enum_value(enum compact_result, COMPACT_NO_SUITABLE_PAGE);
+}
+
 SEC("tracepoint/compaction/mm_compaction_finished")
 int cw_finished(struct trace_event_raw_mm_compaction_suitable_template *ctx)
 {
 	int ret = ctx->ret;
 
-	if (ret == bpf_core_enum_value(enum compact_result, COMPACT_CONTINUE))
-		return 0;
-	if (bpf_core_enum_value_exists(enum compact_result, COMPACT_NO_SUITABLE_PAGE) &&
-	    ret == bpf_core_enum_value(enum compact_result, COMPACT_NO_SUITABLE_PAGE))
+	if (run_goes_on(ret))
 		return 0;
 	return zone_event(ctx, CW_FINISHED, ctx->nid, ctx->idx, ctx->order, ret, 0, 0);
+}
+
+SEC("raw_tp/mm_compaction_finished")
+int BPF_PROG(cw_finished_raw, struct zone *zone, int order, int ret)
+{
+	if (run_goes_on(ret))
+		return 0;
+	return zone_event(ctx, CW_FINISHED, zone_nid(zone), zone_index(zone), order, ret, 0, 0);
 }
 
 SEC("tracepoint/compaction/mm_compaction_deferred")
@@ -560,6 +754,31 @@ int cw_defer_reset(struct trace_event_raw_mm_compaction_defer_template *ctx)
 {
 	return zone_event(ctx, CW_DEFER_RESET, ctx->nid, ctx->idx, ctx->order, ctx->considered, ctx->defer_shift,
 			  ctx->order_failed);
+}
+
+/* The zone's deferral bookkeeping, as the classic record copies it. */
+static __always_inline int defer_event(void *ctx, __u32 kind, struct zone *z, int order)
+{
+	return zone_event(ctx, kind, zone_nid(z), zone_index(z), order, BPF_CORE_READ(z, compact_considered),
+			  BPF_CORE_READ(z, compact_defer_shift), BPF_CORE_READ(z, compact_order_failed));
+}
+
+SEC("raw_tp/mm_compaction_deferred")
+int BPF_PROG(cw_deferred_raw, struct zone *zone, int order)
+{
+	return defer_event(ctx, CW_DEFERRED, zone, order);
+}
+
+SEC("raw_tp/mm_compaction_defer_compaction")
+int BPF_PROG(cw_defer_compaction_raw, struct zone *zone, int order)
+{
+	return defer_event(ctx, CW_DEFER_COMPACTION, zone, order);
+}
+
+SEC("raw_tp/mm_compaction_defer_reset")
+int BPF_PROG(cw_defer_reset_raw, struct zone *zone, int order)
+{
+	return defer_event(ctx, CW_DEFER_RESET, zone, order);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -2,9 +2,8 @@
 /* epollwake: who woke each epoll_wait of one process, through which socket,
  * and what the woken thread then got.
  *
- * A thread of the target is "waiting" from sys_enter_epoll_wait (or
- * epoll_pwait, epoll_pwait2) to the matching exit; the `waiting` map holds
- * it. sched_waking of a waiting thread runs in the waker's context: its
+ * A thread of the target is "waiting" from the entry of epoll_wait (or
+ * epoll_pwait, epoll_pwait2) to its exit; the `waiting` map holds it. sched_waking of a waiting thread runs in the waker's context: its
  * kernel stack says how the wake-up came (ep_poll_callback, called from
  * sock_def_readable for data or a new connection, from sock_def_wakeup for
  * a state change such as the peer's FIN), and which socket is found in a
@@ -28,7 +27,16 @@
  * wake-up loop takes (milliseconds under emulation). Files that are not
  * sockets fall back to "same file, within a few microseconds".
  * A woken thread that sleeps again inside the same epoll_wait without
- * returning (another thread took the event first) is reported as RESLEEP. */
+ * returning (another thread took the event first) is reported as RESLEEP.
+ *
+ * Every tracepoint is a raw one (raw_tp, run as tp_btf where the kernel
+ * types its tracepoints in BTF): attaching one opens no perf event, and
+ * detaching one waits for no RCU grace period, where the last close of a
+ * classic tracepoint's perf event waits for two, one tracepoint after
+ * another under the kernel's event_mutex (40-50 ms each here: epollwake's
+ * nineteen took most of a second to detach). So arguments are read as the
+ * tracepoint passes them: task and socket pointers through CO-RE, the
+ * syscall's from its pt_regs. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -44,6 +52,17 @@
 #define EAGAIN 11
 #define TASK_INTERRUPTIBLE 1
 #define EPOLL_CTL_DEL 2
+/* The x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl):
+ * raw_syscalls tracepoints pass the number, not the name. */
+#define NR_close 3
+#define NR_accept 43
+#define NR_epoll_wait 232
+#define NR_epoll_ctl 233
+#define NR_epoll_pwait 281
+#define NR_accept4 288
+#define NR_epoll_pwait2 441
+/* The code segment of 64-bit user mode (__USER_CS). */
+#define USER64_CS 0x33
 
 #define LEVELS 2
 
@@ -54,8 +73,8 @@ const volatile bool epitem_backend = false;
  * (before 5.16): ep_poll_callback has no kretprobe to close its slot, so
  * the slot counts only for a wake-up whose stack passes through it. */
 const volatile bool epitem_by_stack = false;
-/* [start, end) of enum ew_ksym functions, from /proc/kallsyms. */
-const volatile __u64 ksym_range[EW_NR_KSYMS][2] = {};
+/* Kernels before 5.11 have no epoll_pwait2: its number is then no call. */
+const volatile bool has_pwait2 = true;
 
 struct wait_state {
 	__u64 events;     /* user pointer to struct epoll_event[] */
@@ -76,6 +95,17 @@ struct {
 	__type(key, __u32);
 	__type(value, struct wait_state);
 } waiting SEC(".maps");
+
+/* [start, end) of the enum ew_ksym functions, from /proc/kallsyms.
+ * Written by userspace after load, before attach: kallsyms takes the
+ * kernel tens of milliseconds to list, so it is read while the programs
+ * load instead of before. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ew_ksym_ranges);
+} ksym_ranges SEC(".maps");
 
 /* -t: only these threads (when filter_tids). */
 struct {
@@ -144,6 +174,7 @@ struct ew_return ew_return_layout = {};
 struct ew_fd_event ew_fd_event_layout = {};
 struct ew_uprobe ew_uprobe_layout = {};
 struct ew_stats ew_stats_layout = {};
+struct ew_ksym_ranges ew_ksym_ranges_layout = {};
 
 static __always_inline void count_lost(void)
 {
@@ -179,18 +210,18 @@ static __always_inline __u32 softirq_now(void)
 	return v ? *v : 0;
 }
 
-SEC("tracepoint/irq/softirq_entry")
-int ew_softirq_entry(struct trace_event_raw_softirq *ctx)
+SEC("raw_tp/softirq_entry")
+int BPF_PROG(ew_softirq_entry, unsigned int vec)
 {
 	__u32 zero = 0, *v = bpf_map_lookup_elem(&softirq, &zero);
 
 	if (v)
-		*v = ctx->vec + 1;
+		*v = vec + 1;
 	return 0;
 }
 
-SEC("tracepoint/irq/softirq_exit")
-int ew_softirq_exit(struct trace_event_raw_softirq *ctx)
+SEC("raw_tp/softirq_exit")
+int BPF_PROG(ew_softirq_exit)
 {
 	__u32 zero = 0, *v = bpf_map_lookup_elem(&softirq, &zero);
 
@@ -264,18 +295,25 @@ static __always_inline struct sock *file_sock(struct file *f)
 
 /* ---- epoll_wait and friends ---- */
 
-static __always_inline int wait_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
+/* The target's thread (and, with -t, one of the threads asked for) in a
+ * 64-bit syscall: a 32-bit task's syscall numbers mean other calls, and
+ * the classic syscall events skip such tasks too. */
+static __always_inline bool wanted_call(__u64 pid_tgid, struct pt_regs *regs)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	return is_target(pid_tgid) && (__u16)BPF_CORE_READ(regs, cs) == USER64_CS;
+}
+
+static __always_inline int wait_enter(struct pt_regs *regs, __u64 pid_tgid, __u32 sc)
+{
 	__u32 tid = (__u32)pid_tgid;
 	struct wait_state w = {};
 	struct ew_stats *s;
 
-	if (!is_target(pid_tgid))
+	if (!wanted_call(pid_tgid, regs))
 		return 0;
-	w.epfd = (int)ctx->args[0];
-	w.events = ctx->args[1];
-	w.maxevents = (int)ctx->args[2];
+	w.epfd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	w.events = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	w.maxevents = (int)PT_REGS_PARM3_CORE_SYSCALL(regs);
 	w.enter_ts = bpf_ktime_get_ns();
 	w.syscall = sc;
 	bpf_map_update_elem(&waiting, &tid, &w, BPF_ANY);
@@ -285,9 +323,8 @@ static __always_inline int wait_enter(struct trace_event_raw_sys_enter *ctx, __u
 	return 0;
 }
 
-static __always_inline int wait_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int wait_exit(void *ctx, __u64 pid_tgid, long rc)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct wait_state *w;
 	struct ew_return *e;
@@ -303,7 +340,7 @@ static __always_inline int wait_exit(struct trace_event_raw_sys_exit *ctx)
 		bpf_map_delete_elem(&waiting, &tid);
 		return 0;
 	}
-	ret = (int)ctx->ret;
+	ret = (int)rc;
 	e->kind = EW_RETURN;
 	e->tid = tid;
 	e->ts = bpf_ktime_get_ns();
@@ -331,19 +368,6 @@ static __always_inline int wait_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_epoll_wait")
-int ew_enter_wait(struct trace_event_raw_sys_enter *ctx) { return wait_enter(ctx, EW_SYS_EPOLL_WAIT); }
-SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
-int ew_enter_pwait(struct trace_event_raw_sys_enter *ctx) { return wait_enter(ctx, EW_SYS_EPOLL_PWAIT); }
-SEC("tracepoint/syscalls/sys_enter_epoll_pwait2")
-int ew_enter_pwait2(struct trace_event_raw_sys_enter *ctx) { return wait_enter(ctx, EW_SYS_EPOLL_PWAIT2); }
-SEC("tracepoint/syscalls/sys_exit_epoll_wait")
-int ew_exit_wait(struct trace_event_raw_sys_exit *ctx) { return wait_exit(ctx); }
-SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
-int ew_exit_pwait(struct trace_event_raw_sys_exit *ctx) { return wait_exit(ctx); }
-SEC("tracepoint/syscalls/sys_exit_epoll_pwait2")
-int ew_exit_pwait2(struct trace_event_raw_sys_exit *ctx) { return wait_exit(ctx); }
-
 /* ---- the socket event in progress, per CPU ---- */
 
 static __always_inline void remember(__u32 kind, struct sock *sk)
@@ -357,17 +381,17 @@ static __always_inline void remember(__u32 kind, struct sock *sk)
 	sl->ts = bpf_ktime_get_ns();
 }
 
-SEC("tracepoint/sock/sk_data_ready")
-int ew_data_ready(struct trace_event_raw_sk_data_ready *ctx)
+SEC("raw_tp/sk_data_ready")
+int BPF_PROG(ew_data_ready, struct sock *sk)
 {
-	remember(0, (struct sock *)ctx->skaddr);
+	remember(0, sk);
 	return 0;
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int ew_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(ew_set_state, struct sock *sk)
 {
-	remember(1, (struct sock *)ctx->skaddr);
+	remember(1, sk);
 	return 0;
 }
 
@@ -503,16 +527,24 @@ int BPF_KRETPROBE(ew_kretprobe_epcb)
 
 /* ---- wake-ups ---- */
 
-static __always_inline bool in_range(__u64 a, __u32 k)
+/* 1 if a is in [r[0], r[1]), without a branch: a branch per frame and
+ * function multiplies the states the verifier walks (140,000 instructions
+ * and 140 ms at load against 3,000 and 2 ms). With d = a - start, a is in
+ * the range when d < len, the borrow of d - len, unless d wrapped (a below
+ * start); kernel addresses are less than 2^63 apart. */
+static __always_inline __u32 in_range(__u64 a, const __u64 *r)
 {
-	return a >= ksym_range[k][0] && a < ksym_range[k][1];
+	__u64 d = a - r[0], len = r[1] - r[0];
+
+	return ((d - len) & ~d) >> 63;
 }
 
-SEC("tracepoint/sched/sched_waking")
-int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
+SEC("raw_tp/sched_waking")
+int BPF_PROG(ew_waking, struct task_struct *p)
 {
-	__u32 tid = ctx->pid, key, level;
-	bool via_ep = false, via_readable = false, via_wakeup = false;
+	__u32 tid = BPF_CORE_READ(p, pid), key, level, zero = 0;
+	__u32 via_ep = 0, via_readable = 0, via_wakeup = 0;
+	struct ew_ksym_ranges *kr;
 	__u64 pid_tgid, now;
 	struct src_slot *sl = NULL;
 	struct wait_state *w;
@@ -546,7 +578,7 @@ int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 	e->group = 0;
 	e->source = EW_SRC_NONE;
 	bpf_get_current_comm(e->waker_comm, sizeof(e->waker_comm));
-	bpf_probe_read_kernel(e->woken_comm, sizeof(e->woken_comm), ctx->comm);
+	BPF_CORE_READ_INTO(&e->woken_comm, p, comm);
 	__builtin_memset(&e->sock, 0, sizeof(e->sock));
 	n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 	e->stack_sz = n;
@@ -557,11 +589,12 @@ int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 	if (epitem_backend) {
 		key = level * 2;
 		sl = bpf_map_lookup_elem(&slots, &key);
-		if (sl && epitem_by_stack) {
+		kr = epitem_by_stack ? bpf_map_lookup_elem(&ksym_ranges, &zero) : NULL;
+		if (sl && kr) {
 			for (int i = 0; i < EW_MAX_STACK; i++) {
 				if (i * 8 >= n)
 					break;
-				via_ep |= in_range(e->stack[i], EW_KSYM_EP_POLL_CALLBACK);
+				via_ep |= in_range(e->stack[i], kr->r[EW_KSYM_EP_POLL_CALLBACK]);
 			}
 		}
 		if (sl && sl->active && (!epitem_by_stack || via_ep)) {
@@ -573,16 +606,16 @@ int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 		} else {
 			sl = NULL;
 		}
-	} else {
+	} else if ((kr = bpf_map_lookup_elem(&ksym_ranges, &zero))) {
 		for (int i = 0; i < EW_MAX_STACK; i++) {
 			__u64 a;
 
 			if (i * 8 >= n)
 				break;
 			a = e->stack[i];
-			via_ep |= in_range(a, EW_KSYM_EP_POLL_CALLBACK);
-			via_readable |= in_range(a, EW_KSYM_SOCK_DEF_READABLE);
-			via_wakeup |= in_range(a, EW_KSYM_SOCK_DEF_WAKEUP);
+			via_ep |= in_range(a, kr->r[EW_KSYM_EP_POLL_CALLBACK]);
+			via_readable |= in_range(a, kr->r[EW_KSYM_SOCK_DEF_READABLE]);
+			via_wakeup |= in_range(a, kr->r[EW_KSYM_SOCK_DEF_WAKEUP]);
 		}
 		/* The innermost socket callback is the one that called
 		 * ep_poll_callback; data-ready nests inside no state change. */
@@ -612,16 +645,19 @@ int ew_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 /* Woken, then back to sleep without leaving epoll_wait: the event it was
  * woken for was gone when it looked (taken by another thread). The sleep
  * in ep_poll is interruptible; ep->mtx sleeps are not and do not count. */
-SEC("tracepoint/sched/sched_switch")
-int ew_switch(struct trace_event_raw_sched_switch *ctx)
+SEC("raw_tp/sched_switch")
+int BPF_PROG(ew_switch, bool preempt, struct task_struct *prev)
 {
-	__u32 tid = ctx->prev_pid;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
 	struct wait_state *w;
 	struct ew_return *e;
 
-	if ((bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+	/* prev is current. Its state, as the classic event reported it:
+	 * asleep interruptibly, not preempted on the way to sleep. */
+	if ((pid_tgid >> 32) != targ_tgid)
 		return 0;
-	if (ctx->prev_state != TASK_INTERRUPTIBLE)
+	if (preempt || (kd_task_state(prev) & KD_TASK_REPORT) != TASK_INTERRUPTIBLE)
 		return 0;
 	w = bpf_map_lookup_elem(&waiting, &tid);
 	if (!w || !w->woken_ts)
@@ -652,16 +688,12 @@ int ew_switch(struct trace_event_raw_sched_switch *ctx)
 
 /* ---- connection life: accept, close, epoll_ctl ---- */
 
-static __always_inline int remember_call(__u64 a0, __u64 a1, __u64 a2, __u64 a3)
+static __always_inline void remember_call(__u64 pid_tgid, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct pending_call c = { a0, a1, a2, a3 };
 
-	if (!is_target(pid_tgid))
-		return 0;
 	bpf_map_update_elem(&calls, &tid, &c, BPF_ANY);
-	return 0;
 }
 
 static __always_inline struct ew_fd_event *fd_event(void *ctx, __u32 kind)
@@ -693,12 +725,12 @@ static __always_inline void fill_sock_of_fd(struct ew_fd_event *e, int fd)
 	}
 }
 
-static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int accept_exit(void *ctx, __u64 pid_tgid, long rc)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
 	struct pending_call *c = bpf_map_lookup_elem(&calls, &tid);
 	struct ew_fd_event *e;
-	int ret = (int)ctx->ret, lfd;
+	int ret = (int)rc, lfd;
 
 	if (!c)
 		return 0;
@@ -717,24 +749,10 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_accept")
-int ew_enter_accept(struct trace_event_raw_sys_enter *ctx) { return remember_call(ctx->args[0], 0, 0, 0); }
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int ew_enter_accept4(struct trace_event_raw_sys_enter *ctx) { return remember_call(ctx->args[0], 0, 0, 0); }
-SEC("tracepoint/syscalls/sys_exit_accept")
-int ew_exit_accept(struct trace_event_raw_sys_exit *ctx) { return accept_exit(ctx); }
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int ew_exit_accept4(struct trace_event_raw_sys_exit *ctx) { return accept_exit(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int ew_enter_close(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int close_enter(void *ctx, int fd)
 {
-	struct ew_fd_event *e;
-	int fd = (int)ctx->args[0];
+	struct ew_fd_event *e = fd_event(ctx, EW_CLOSE);
 
-	if (!is_target(bpf_get_current_pid_tgid()))
-		return 0;
-	e = fd_event(ctx, EW_CLOSE);
 	if (!e)
 		return 0;
 	e->fd = fd;
@@ -745,16 +763,9 @@ int ew_enter_close(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_epoll_ctl")
-int ew_enter_ctl(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int ctl_exit(void *ctx, __u64 pid_tgid, long rc)
 {
-	return remember_call(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
-}
-
-SEC("tracepoint/syscalls/sys_exit_epoll_ctl")
-int ew_exit_ctl(struct trace_event_raw_sys_exit *ctx)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
 	struct pending_call *c = bpf_map_lookup_elem(&calls, &tid);
 	struct pending_call call;
 	struct ew_fd_event *e;
@@ -764,7 +775,7 @@ int ew_exit_ctl(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	call = *c;
 	bpf_map_delete_elem(&calls, &tid);
-	if (ctx->ret != 0)
+	if (rc != 0)
 		return 0;
 	e = fd_event(ctx, EW_CTL);
 	if (!e)
@@ -779,6 +790,64 @@ int ew_exit_ctl(struct trace_event_raw_sys_exit *ctx)
 	fill_sock_of_fd(e, e->fd);
 	if (kd_submit(ctx, events, e, sizeof(*e)))
 		count_lost();
+	return 0;
+}
+
+/* ---- syscalls: one raw tracepoint each way, dispatched on the number ----
+ * raw_syscalls fire for every syscall of the box, as the per-syscall
+ * classic events did (those are filtered inside the same hook): the tgid
+ * comes first, so another process's syscall costs one compare. */
+
+SEC("raw_tp/sys_enter")
+int BPF_PROG(ew_sys_enter, struct pt_regs *regs, long id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if ((pid_tgid >> 32) != targ_tgid)
+		return 0;
+	switch (id) {
+	case NR_epoll_wait:
+		return wait_enter(regs, pid_tgid, EW_SYS_EPOLL_WAIT);
+	case NR_epoll_pwait:
+		return wait_enter(regs, pid_tgid, EW_SYS_EPOLL_PWAIT);
+	case NR_epoll_pwait2:
+		return has_pwait2 ? wait_enter(regs, pid_tgid, EW_SYS_EPOLL_PWAIT2) : 0;
+	case NR_accept:
+	case NR_accept4:
+		if (wanted_call(pid_tgid, regs))
+			remember_call(pid_tgid, PT_REGS_PARM1_CORE_SYSCALL(regs), 0, 0, 0);
+		return 0;
+	case NR_close:
+		return wanted_call(pid_tgid, regs) ? close_enter(ctx, (int)PT_REGS_PARM1_CORE_SYSCALL(regs)) : 0;
+	case NR_epoll_ctl:
+		if (wanted_call(pid_tgid, regs))
+			remember_call(pid_tgid, PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
+				      PT_REGS_PARM3_CORE_SYSCALL(regs), PT_REGS_PARM4_CORE_SYSCALL(regs));
+		return 0;
+	}
+	return 0;
+}
+
+/* What was entered is in `waiting` or `calls`; the number at exit is the
+ * one the call was entered with (orig_ax). */
+SEC("raw_tp/sys_exit")
+int BPF_PROG(ew_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if ((pid_tgid >> 32) != targ_tgid)
+		return 0;
+	switch (BPF_CORE_READ(regs, orig_ax)) {
+	case NR_epoll_wait:
+	case NR_epoll_pwait:
+	case NR_epoll_pwait2:
+		return wait_exit(ctx, pid_tgid, ret);
+	case NR_accept:
+	case NR_accept4:
+		return accept_exit(ctx, pid_tgid, ret);
+	case NR_epoll_ctl:
+		return ctl_exit(ctx, pid_tgid, ret);
+	}
 	return 0;
 }
 

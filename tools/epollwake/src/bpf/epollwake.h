@@ -17,6 +17,11 @@ enum ew_ksym {
 	EW_NR_KSYMS = 3,
 };
 
+/* [start, end) of each enum ew_ksym function; [0, 0) when not found. */
+struct ew_ksym_ranges {
+	__u64 r[EW_NR_KSYMS][2];
+};
+
 enum ew_kind {
 	EW_WAKE = 1,     /* a thread waiting in epoll_wait was woken */
 	EW_RETURN = 2,   /* epoll_wait returned */

@@ -135,10 +135,6 @@ struct owt_key owt_key_layout = {};
 struct owt_val owt_val_layout = {};
 struct owt_stats owt_stats_layout = {};
 
-struct task_struct___old {
-	long state;
-} __attribute__((preserve_access_index));
-
 static __always_inline struct irq_state *irq_state(void)
 {
 	__u32 zero = 0;
@@ -207,13 +203,6 @@ static __always_inline __u32 current_flags(void)
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 
 	return BPF_CORE_READ(t, flags);
-}
-
-static __always_inline __u32 task_state(struct task_struct *t)
-{
-	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___old *)t, state);
 }
 
 /* Is a switch-out with this raw state one we track? */
@@ -399,7 +388,7 @@ int owt_switch_btf(unsigned long long *ctx)
 	if (prev_state_arg)
 		state = ctx[3];
 	else
-		state = task_state(prev);
+		state = kd_task_state(prev);
 	switch_out(ctx, prev, prev->pid, prev->tgid, prev->flags, state,
 		   preempt || state == TASK_RUNNING, true);
 	if (wanted(next->tgid, next->pid, next->flags))
@@ -429,7 +418,7 @@ int owt_switch_raw(struct bpf_raw_tracepoint_args *ctx)
 	if (prev_state_arg)
 		state = ctx->args[3];
 	else
-		state = task_state(prev);
+		state = kd_task_state(prev);
 	switch_out(ctx, prev, BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, tgid), BPF_CORE_READ(prev, flags),
 		   state, preempt || state == TASK_RUNNING, true);
 	if (wanted(BPF_CORE_READ(next, tgid), BPF_CORE_READ(next, pid), BPF_CORE_READ(next, flags)))
@@ -576,7 +565,7 @@ SEC("kprobe")
 int BPF_KPROBE(owt_switch_kprobe, struct task_struct *prev)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 state = task_state(prev), pid = pid_tgid;
+	__u32 state = kd_task_state(prev), pid = pid_tgid;
 
 	switch_out(ctx, prev, BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, tgid), BPF_CORE_READ(prev, flags),
 		   state, state == TASK_RUNNING, false);
@@ -590,7 +579,7 @@ int BPF_KPROBE(owt_waking_kprobe, struct task_struct *p)
 {
 	/* try_to_wake_up is called for running tasks too; sched_waking is
 	 * only emitted for tasks that are sleeping. */
-	if (task_state(p) == TASK_RUNNING)
+	if (kd_task_state(p) == TASK_RUNNING)
 		return 0;
 	if (wanted(BPF_CORE_READ(p, tgid), BPF_CORE_READ(p, pid), BPF_CORE_READ(p, flags)))
 		waking(ctx, BPF_CORE_READ(p, pid));
