@@ -17,18 +17,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_epollwake");
 const BANNER: &str = "watching process";
 const START: Duration = Duration::from_secs(30);
 
-/// The backend a run must use: the host can only do tracepoints; a guest
-/// test runs this same file with EPOLLWAKE_TEST_BACKEND=kprobe or fentry.
-fn backend() -> String {
-    std::env::var("EPOLLWAKE_TEST_BACKEND").unwrap_or_else(|_| "tracepoint".into())
-}
+/// The backend a run must use: the host can only do tracepoints. The
+/// guests hold the kprobe and fentry rungs to the same scenario
+/// (tests/vmtest-guest/src/epollwake.rs).
+const BACKEND: &str = "tracepoint";
 
 /// Run the whole scenario against a server bound to `bind` and check what
 /// epollwake reports, record by record.
 fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Value> {
     let server = Server::start(bind);
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), BACKEND.into()];
     args.extend(server.tid_args());
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -40,7 +39,7 @@ fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Val
     let out = r.wait();
     assert!(out.status.success(), "{out:?}");
     let lines = out.json_lines();
-    verify(&lines, &out.stdout, &server, client, family, local_ip, &backend());
+    verify(&lines, &out.stdout, &server, client, family, local_ip, BACKEND);
     drop(server);
     lines
 }
@@ -106,25 +105,61 @@ fn text_output_reads_like_the_seed() {
     assert!(s.contains("Wake-ups per endpoint and peer") && s.contains(" <- 127.0.0.1\n"), "{s}");
 }
 
-/// --port and --fd keep only what concerns them.
+/// --port and --fd keep what concerns them and drop the rest, seen on one
+/// client session that three runs watch at once: --port of the server
+/// keeps the whole session (held to the scenario's full check); --port of
+/// another drops all of it, though that run saw the same epoll_waits;
+/// --fd of one worker's listening fd keeps that worker's wake-up and drops
+/// the other worker's and the connection's.
 #[test]
 fn filters() {
     let server = Server::start("127.0.0.1:0");
     let pid = std::process::id().to_string();
+    let port = server.addr.port().to_string();
     let other_port = (server.addr.port() ^ 1).to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--port".into(), other_port];
-    args.extend(server.tid_args());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut r = spawn(BIN, &argv);
-    r.wait_for_stderr(BANNER, START);
-    server.client_session();
-    r.signal(libc::SIGINT);
-    let out = r.wait();
+    let (w0, w1) = (&server.workers[0], &server.workers[1]);
+    let fd = w0.listen_fd.to_string();
+    let filters = [["--port", &port], ["--port", &other_port], ["--fd", &fd]];
+    let mut runs: Vec<_> = filters
+        .iter()
+        .map(|f| {
+            let mut args: Vec<String> =
+                ["-p", &pid, "--json", "--backend", BACKEND, f[0], f[1]].map(String::from).to_vec();
+            args.extend(server.tid_args());
+            spawn(BIN, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    for r in &mut runs {
+        r.wait_for_stderr(BANNER, START);
+    }
+    let client = server.client_session();
+    for r in &runs {
+        r.signal(libc::SIGINT);
+    }
+    let outs: Vec<_> = runs.into_iter().map(|r| r.wait()).collect();
+    for (f, out) in filters.iter().zip(&outs) {
+        assert!(out.status.success(), "{f:?}: {out:?}");
+    }
+    let [kept, dropped, by_fd] = [0, 1, 2].map(|i| outs[i].json_lines());
+
+    verify(&kept, &outs[0].stdout, &server, client, "ipv4", "127.0.0.1", BACKEND);
+
+    assert_eq!(dropped.len(), 1, "only the summary: {}", outs[1].stdout);
+    assert_eq!(dropped[0]["wakeups"], 0);
+    let waits = |lines: &[Value]| lines.last().unwrap()["epoll_waits"].as_u64().unwrap();
+    assert!(waits(&kept) > 2, "{}", outs[0].stdout);
+    assert_eq!(waits(&dropped), waits(&kept), "{}", outs[1].stdout);
+
+    let wakes: Vec<(u32, i64)> =
+        scenario::of_type(&by_fd, "wake").iter().map(|w| (scenario::tid(w), w["fd"].as_i64().unwrap_or(-1))).collect();
+    assert_eq!(wakes, [(w0.tid, w0.listen_fd as i64)], "{}", outs[2].stdout);
+    assert_eq!(by_fd.last().unwrap()["wakeups"], 1);
+    // What it dropped was there: the other worker's wake-up and the
+    // connection's, in the run that kept them.
+    let kept_wakes: Vec<i64> = scenario::of_type(&kept, "wake").iter().filter_map(|w| w["fd"].as_i64()).collect();
+    let conn_fd = server.accepted.0.load(std::sync::atomic::Ordering::SeqCst) as i64;
+    assert!(kept_wakes.contains(&(w1.listen_fd as i64)) && kept_wakes.contains(&conn_fd), "{kept_wakes:?}");
     drop(server);
-    let lines = out.json_lines();
-    // Only the summary: nothing was about that port.
-    assert_eq!(lines.len(), 1, "{}", out.stdout);
-    assert_eq!(lines[0]["wakeups"], 0);
 }
 
 /// Run epollwake on a server, stop it with `stop` (None: the duration
@@ -132,7 +167,7 @@ fn filters() {
 fn detaches_everything(stop: Option<i32>, reason: &str) {
     let server = Server::start("127.0.0.1:0");
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), BACKEND.into()];
     args.extend(server.tid_args());
     if stop.is_none() {
         args.push("2".into());
@@ -341,7 +376,7 @@ fn nginx_under_ab_grouped_per_listener() {
     let mut runs: Vec<_> = server
         .workers
         .iter()
-        .map(|w| spawn(BIN, &["-p", &w.to_string(), "--json", "--summary", "--backend", &backend()]))
+        .map(|w| spawn(BIN, &["-p", &w.to_string(), "--json", "--summary", "--backend", BACKEND]))
         .collect();
     for r in &mut runs {
         let banner = r.wait_for_stderr(BANNER, START);
