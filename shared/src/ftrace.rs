@@ -149,6 +149,7 @@ mod tests {
 
     #[test]
     fn instance_is_created_and_removed() {
+        kdiag_testkit::needs_root("makes a tracefs instance");
         let tracefs = crate::precheck::tracefs().unwrap();
         let inst = Instance::create(&tracefs, "selftest").unwrap();
         let dir = inst.path().to_path_buf();
@@ -164,6 +165,7 @@ mod tests {
 
     #[test]
     fn stale_instances_of_dead_runs_are_removed() {
+        kdiag_testkit::needs_root("makes tracefs instances");
         let tracefs = crate::precheck::tracefs().unwrap();
         // No process has pid u32::MAX - 1: pid_max is at most 2^22.
         let stale = tracefs.join("instances").join(format!("{}{}", prefix("stale"), u32::MAX - 1));

@@ -466,6 +466,7 @@ ffffffffc0a00100 t lo_complete_rq\t[loop]
     /// bounded by the next function, and text bounds known.
     #[test]
     fn this_kernel() {
+        kdiag_testkit::needs_root("reads kernel addresses from /proc/kallsyms");
         let k = require().unwrap();
         let f = k.function("schedule").expect("schedule in kallsyms");
         assert!(f.end > f.addr && f.end - f.addr < MAX_FUNC, "{f:?}");

@@ -139,6 +139,7 @@ mod tests {
     }
 
     fn map(kind: MapType, key: u32, value: u32, entries: u32) -> MapHandle {
+        kdiag_testkit::needs_root("creates BPF maps");
         let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
             ..Default::default()

@@ -249,10 +249,26 @@ mod tests {
         assert_eq!(*closed.borrow(), vec![0, 1]);
     }
 
-    /// The real syscall on this machine: software cpu-clock opens on CPU 0.
+    /// The real syscall on this machine: software cpu-clock opens on CPU 0,
+    /// disabled, and once enabled counts CPU 0's time (idle included), as
+    /// the count read back from the kernel shows.
     #[test]
     fn software_event_opens() {
+        kdiag_testkit::needs_root("opens a perf event on a whole CPU");
         let ev = PerfEvent::open(EventSpec::SwCpuClock { period_ns: 1_000_000 }, 0).unwrap();
-        assert!(ev.as_raw_fd() >= 0);
+        let count = || {
+            let mut ns = 0u64;
+            // SAFETY: reads 8 bytes into a u64 from our own perf fd.
+            let n = unsafe { libc::read(ev.as_raw_fd(), (&mut ns as *mut u64).cast(), 8) };
+            assert_eq!(n, 8, "{}", std::io::Error::last_os_error());
+            ns
+        };
+        assert_eq!(count(), 0, "counting before it was enabled");
+        // SAFETY: ioctl on our own perf fd, no argument.
+        assert_eq!(unsafe { sys::ioctls::ENABLE(ev.as_raw_fd(), 0) }, 0);
+        let start = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (ns, wall) = (count(), start.elapsed().as_nanos() as u64);
+        assert!(ns > 20_000_000 && ns <= wall + 5_000_000, "cpu-clock counted {ns} ns in {wall} ns");
     }
 }

@@ -80,14 +80,35 @@ mod tests {
         assert!(e.contains("run as root"), "{e}");
     }
 
+    /// The capabilities read from /proc agree with capget(2), the kernel's
+    /// other account of them, whoever runs the test.
     #[test]
-    fn this_process_is_privileged() {
-        // The suite runs as root; anything else would make every BPF test moot.
-        assert!(privileges(effective_caps().unwrap()).is_ok());
+    fn effective_caps_are_the_kernels() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let mut data = [Data::default(); 2];
+        // SAFETY: version 3 takes one header and two data structs, both ours.
+        let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let witness = u64::from(data[0].effective) | u64::from(data[1].effective) << 32;
+        assert_eq!(effective_caps().unwrap(), witness);
     }
 
     #[test]
     fn tracefs_is_found_or_mounted() {
+        kdiag_testkit::needs_root("reads tracefs, or mounts it");
         let dir = tracefs().unwrap();
         assert!(dir.join("events/sched/sched_switch").is_dir());
     }

@@ -110,6 +110,7 @@ mod tests {
     /// software clock work (the host, Debian 6.1 and 6.12 all have them).
     #[test]
     fn tracepoint_and_software_clock_are_supported() {
+        kdiag_testkit::needs_root("loads BPF programs");
         assert_eq!(kernel_supports(Mechanism::Tracepoint), Ok(()));
         assert_eq!(kernel_supports(Mechanism::PerfSw), Ok(()));
     }
@@ -127,6 +128,7 @@ mod tests {
     /// sysfs exactly when the kernel can create kprobes (absent on the host).
     #[test]
     fn kprobe_answer_matches_the_kprobe_pmu() {
+        kdiag_testkit::needs_root("loads BPF programs");
         let pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
         match kernel_supports(Mechanism::Kprobe) {
             Ok(()) => assert!(pmu, "kprobe attached without a kprobe PMU"),
@@ -143,6 +145,7 @@ mod tests {
     /// kernel whose instance takes the filter, the probe must agree.
     #[test]
     fn ftrace_answer_matches_a_filter_write() {
+        kdiag_testkit::needs_root("makes a tracefs instance");
         let tracefs = crate::precheck::tracefs().unwrap();
         let inst = crate::ftrace::Instance::create(&tracefs, "probe-witness").unwrap();
         let witness = inst.write("set_ftrace_filter", "vfs_read");

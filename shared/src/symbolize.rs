@@ -203,6 +203,7 @@ mod tests {
     /// past a function's start keeps its name.
     #[test]
     fn kernel_addresses_resolve() {
+        kdiag_testkit::needs_root("reads kernel addresses from /proc/kallsyms");
         let addr = crate::ksyms::require().unwrap().function("schedule").expect("schedule in kallsyms").addr;
         let mut s = Symbolizer::new();
         let frames = s.kernel_stack(&[addr, addr + 5]);
@@ -215,6 +216,7 @@ mod tests {
     /// real addresses: the lean table loses nothing.
     #[test]
     fn agrees_with_blazesym_here() {
+        kdiag_testkit::needs_root("reads kernel addresses from /proc/kallsyms");
         let k = crate::ksyms::require().unwrap();
         let addrs: Vec<u64> = ["schedule", "pipe_read", "try_to_wake_up", "vfs_read", "do_syscall_64"]
             .iter()
@@ -241,6 +243,7 @@ mod tests {
     #[test]
     #[inline(never)]
     fn user_addresses_resolve() {
+        kdiag_testkit::needs_root("opens /proc/PID/map_files (CAP_SYS_ADMIN)");
         let addr = user_addresses_resolve as *const () as u64;
         let mut s = Symbolizer::new();
         let frames = s.user_stack(std::process::id(), &[addr]);

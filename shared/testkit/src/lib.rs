@@ -79,16 +79,44 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
     spawn(bin, args).wait()
 }
 
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Is this process root with the capabilities root normally has? Read
+/// from the kernel's own record (CapEff), not from the uid: a uid 0
+/// stripped of its capabilities can load nothing.
+pub fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 && caps & (1 << CAP_SYS_ADMIN) != 0 }
+}
+
+/// For a test that cannot run without root: fail at once with `why`, so
+/// that `cargo test` run by another user says which tests need root and
+/// for what, instead of failing with whatever errno the kernel gives.
+pub fn needs_root(why: &str) {
+    assert!(is_root(), "needs root: {why}");
+}
+
 /// Run `bin args` as nobody with no capabilities (setpriv, util-linux) and
 /// check that it refuses in exactly one line that says what it needs, with
-/// exit status 2, before touching the kernel.
+/// exit status 2, before touching the kernel. A test process that is not
+/// root already is such a user and runs `bin` itself.
 pub fn assert_refused_without_privileges(bin: &str, args: &[&str]) {
     let tool = std::path::Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", bin])
-        .args(args)
-        .output()
-        .expect("setpriv (util-linux)");
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let out =
+        cmd.args(args).output().unwrap_or_else(|e| panic!("running {bin} (as root: through setpriv, util-linux): {e}"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim(), format!("{tool}: insufficient privileges: run as root (or with CAP_BPF and CAP_PERFMON)"));

@@ -503,6 +503,7 @@ mod tests {
     /// would load them, with both transports and every filter on.
     #[test]
     fn kprobe_programs_pass_the_verifier() {
+        kdiag_testkit::needs_root("loads BPF programs");
         for transport in [Transport::RingBuf, Transport::PerfBuf] {
             let cfg = Config {
                 count: 4,
@@ -536,6 +537,7 @@ mod tests {
     /// not an error; where fentry works, each function is attached or named.
     #[test]
     fn fentry_functions_attach_or_are_named() {
+        kdiag_testkit::needs_root("loads BPF programs");
         let fentry_works = probe::kernel_supports(Mechanism::Fentry).is_ok();
         let cfg = Config {
             count: 2,

@@ -25,6 +25,7 @@ struct LoopDev {
 
 impl LoopDev {
     fn new(tag: &str) -> LoopDev {
+        kdiag_testkit::needs_root("sets up a loop device");
         let file = format!("/tmp/blkreq-test-{}-{tag}.img", std::process::id());
         let f = std::fs::File::create(&file).unwrap();
         f.set_len(32 << 20).unwrap();

@@ -104,6 +104,7 @@ mod tests {
     /// and the GFP bits agree with BTF's ___GFP_*_BIT.
     #[test]
     fn format_files_agree_with_btf() {
+        kdiag_testkit::needs_root("reads tracefs format files");
         let d = Decoders::load(&kdiag_shared::precheck::tracefs().unwrap());
         assert_eq!(d.gfp.source, Source::FormatFile);
         assert_eq!(d.status_source, "format file");

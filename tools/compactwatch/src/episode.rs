@@ -264,6 +264,7 @@ mod tests {
     use super::*;
 
     fn dec() -> Decoders {
+        kdiag_testkit::needs_root("reads tracefs format files");
         Decoders::load(&kdiag_shared::precheck::tracefs().unwrap())
     }
 

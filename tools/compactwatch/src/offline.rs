@@ -317,6 +317,7 @@ mod tests {
 
     #[test]
     fn modern_report_uses_names_with_the_live_table() {
+        kdiag_testkit::needs_root("reads tracefs format files");
         let tfs = kdiag_shared::precheck::tracefs().unwrap();
         let live = crate::decode::Decoders::load(&tfs).gfp;
         let text = "nfsd: page allocation failure: order:5, mode:0x40c40(GFP_NOFS|__GFP_COMP), nodemask=(null)\n\
@@ -338,6 +339,7 @@ mod tests {
     #[test]
     fn real_6_12_report_conclusion() {
         let text = include_str!("../tests/fixtures/debian-6.12-order5-noio.txt");
+        kdiag_testkit::needs_root("reads tracefs format files");
         let tfs = kdiag_shared::precheck::tracefs().unwrap();
         let live = crate::decode::Decoders::load(&tfs).gfp;
         let a = analyse(crate::dmesg::parse(text).unwrap(), None, Some(&live));

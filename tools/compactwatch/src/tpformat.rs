@@ -267,6 +267,7 @@ mod tests {
     /// The live kernel's tables parse, and agree with BTF where both exist.
     #[test]
     fn live_format_files_parse() {
+        kdiag_testkit::needs_root("reads tracefs format files");
         let tfs = kdiag_shared::precheck::tracefs().unwrap();
         let f = Format::read(&tfs, "compaction/mm_compaction_end").unwrap();
         let st = f.symbolic_table("status").unwrap();

@@ -308,6 +308,7 @@ mod tests {
 
     #[test]
     fn indices_match_debugfs_on_this_host() {
+        kdiag_testkit::needs_root("reads debugfs, or mounts it");
         crate::debugfs::with_mounted(compare_with_debugfs)
     }
 

@@ -181,6 +181,8 @@ fn from_stdin(args: &[&str], text: &str) -> (std::process::ExitStatus, String, S
 /// GFP_NOIO allocation, given the verdict the live tool gave in the guest.
 #[test]
 fn a_real_6_12_report_gives_the_live_verdict() {
+    // Composite names such as GFP_NOIO are only in the format file's table.
+    kdiag_testkit::needs_root("reads tracefs format files");
     let out = run(BIN, &["--from-dmesg", DEBIAN_612]);
     assert!(out.status.success(), "{out:?}");
     let t = &out.stdout;

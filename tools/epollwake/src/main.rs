@@ -171,6 +171,7 @@ mod tests {
     /// are in this kernel, each a range of plausible size.
     #[test]
     fn this_kernel_has_the_epoll_callbacks() {
+        kdiag_testkit::needs_root("reads kernel addresses from /proc/kallsyms");
         let k = ksyms::require().unwrap();
         for name in attach::KSYMS {
             let f = k.function(name).unwrap_or_else(|| panic!("{name} not in kallsyms"));
@@ -185,6 +186,7 @@ mod tests {
     /// verifier runs here; guest kernels exercise both for real.)
     #[test]
     fn the_epitem_backend_passes_the_verifier() {
+        kdiag_testkit::needs_root("loads BPF programs");
         let mut storage = MaybeUninit::uninit();
         let mut open = EpollwakeSkelBuilder::default().open(&mut storage).unwrap();
         let ro = open.maps.rodata_data.as_deref_mut().unwrap();

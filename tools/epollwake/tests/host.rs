@@ -119,25 +119,61 @@ fn text_output_reads_like_the_seed() {
     assert!(s.contains("Wake-ups per endpoint and peer") && s.contains(" <- 127.0.0.1\n"), "{s}");
 }
 
-/// --port and --fd keep only what concerns them.
+/// --port and --fd keep what concerns them and drop the rest, seen on one
+/// client session that three runs watch at once: --port of the server
+/// keeps the whole session (held to the scenario's full check); --port of
+/// another drops all of it, though that run saw the same epoll_waits;
+/// --fd of one worker's listening fd keeps that worker's wake-up and drops
+/// the other worker's and the connection's.
 #[test]
 fn filters() {
     let server = Server::start("127.0.0.1:0");
     let pid = std::process::id().to_string();
+    let port = server.addr.port().to_string();
     let other_port = (server.addr.port() ^ 1).to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--port".into(), other_port];
-    args.extend(server.tid_args());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut r = spawn(BIN, &argv);
-    r.wait_for_stderr(BANNER, START);
-    server.client_session();
-    r.signal(libc::SIGINT);
-    let out = r.wait();
+    let (w0, w1) = (&server.workers[0], &server.workers[1]);
+    let fd = w0.listen_fd.to_string();
+    let filters = [["--port", &port], ["--port", &other_port], ["--fd", &fd]];
+    let mut runs: Vec<_> = filters
+        .iter()
+        .map(|f| {
+            let mut args: Vec<String> =
+                ["-p", &pid, "--json", "--backend", &backend(), f[0], f[1]].map(String::from).to_vec();
+            args.extend(server.tid_args());
+            spawn(BIN, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    for r in &mut runs {
+        r.wait_for_stderr(BANNER, START);
+    }
+    let client = server.client_session();
+    for r in &runs {
+        r.signal(libc::SIGINT);
+    }
+    let outs: Vec<_> = runs.into_iter().map(|r| r.wait()).collect();
+    for (f, out) in filters.iter().zip(&outs) {
+        assert!(out.status.success(), "{f:?}: {out:?}");
+    }
+    let [kept, dropped, by_fd] = [0, 1, 2].map(|i| outs[i].json_lines());
+
+    verify(&kept, &outs[0].stdout, &server, client, "ipv4", "127.0.0.1", &backend());
+
+    assert_eq!(dropped.len(), 1, "only the summary: {}", outs[1].stdout);
+    assert_eq!(dropped[0]["wakeups"], 0);
+    let waits = |lines: &[Value]| lines.last().unwrap()["epoll_waits"].as_u64().unwrap();
+    assert!(waits(&kept) > 2, "{}", outs[0].stdout);
+    assert_eq!(waits(&dropped), waits(&kept), "{}", outs[1].stdout);
+
+    let wakes: Vec<(u32, i64)> =
+        scenario::of_type(&by_fd, "wake").iter().map(|w| (scenario::tid(w), w["fd"].as_i64().unwrap_or(-1))).collect();
+    assert_eq!(wakes, [(w0.tid, w0.listen_fd as i64)], "{}", outs[2].stdout);
+    assert_eq!(by_fd.last().unwrap()["wakeups"], 1);
+    // What it dropped was there: the other worker's wake-up and the
+    // connection's, in the run that kept them.
+    let kept_wakes: Vec<i64> = scenario::of_type(&kept, "wake").iter().filter_map(|w| w["fd"].as_i64()).collect();
+    let conn_fd = server.accepted.0.load(std::sync::atomic::Ordering::SeqCst) as i64;
+    assert!(kept_wakes.contains(&(w1.listen_fd as i64)) && kept_wakes.contains(&conn_fd), "{kept_wakes:?}");
     drop(server);
-    let lines = out.json_lines();
-    // Only the summary: nothing was about that port.
-    assert_eq!(lines.len(), 1, "{}", out.stdout);
-    assert_eq!(lines[0]["wakeups"], 0);
 }
 
 /// Run epollwake on a server, stop it with `stop` (None: the duration

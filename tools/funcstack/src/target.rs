@@ -405,6 +405,7 @@ ffffffff83000000 D jiffies_64
     /// The host's own kallsyms: do_syscall_64 is noinstr on x86-64 since 5.x.
     #[test]
     fn this_kernel_marks_do_syscall_64() {
+        kdiag_testkit::needs_root("reads kernel addresses from /proc/kallsyms");
         let k = Kernel::load(None).unwrap();
         let e = resolve_functions(&Spec::Function("do_syscall_64".into()), &k).unwrap_err();
         assert!(e.contains("noinstr"), "{e}");

@@ -22,7 +22,7 @@ Output (text): a header, then for each window one line and its kernel stack:
   stack lines   <address> function+offset [module]: in software mode the
                 code that re-enabled interrupts, in hardware mode the code
                 that held them off; <user space> when the timer interrupted
-                user code (no kernel stack)
+                user code (no kernel stack), as the saved registers say
 A window still open after 5 thresholds (hardware mode) gets an early
 'ongoing' line, then its final line when it ends.
 At exit: per-CPU count, max, average and steal time over the run, a log2
@@ -32,7 +32,8 @@ the hypervisor's time counted (steal time alone explains them).
 
 --json prints one object per line: {\"type\":\"window\"|\"ongoing\", \"time\",
 \"mono_ns\" (CLOCK_MONOTONIC), \"cpu\", \"comm\", \"pid\", \"tid\", \"lat_us\", \"steal_us\" (null when
-unknown), \"stack_of\", \"stack\":[{\"addr\", \"sym\", \"off\", \"module\"}]}, and a last
+unknown), \"stack_of\", \"user_space\" (the window ended in user code: no kernel
+stack), \"stack\":[{\"addr\", \"sym\", \"off\", \"module\"}]}, and a last
 {\"type\":\"summary\", ..., \"steal\":\"known\"|\"none\"|\"unknown\", \"steal_explained\",
 \"steal_failed\", \"per_cpu\":[{..., \"steal_us\"}]}.
 

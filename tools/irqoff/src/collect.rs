@@ -56,6 +56,7 @@ fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -
         lat_us: ev.lat_ns / 1000,
         steal_us: None,
         stack_of: if ev.stack_of == 1 { StackOf::Holder } else { StackOf::Reenabler },
+        user_space: ev.user != 0,
         stack: frames,
         stack_error,
     }

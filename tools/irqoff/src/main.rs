@@ -176,6 +176,7 @@ mod tests {
     /// holds both as perf_event programs.
     #[test]
     fn hardware_mode_programs_pass_the_verifier() {
+        kdiag_testkit::needs_root("loads BPF programs");
         for transport in [Transport::RingBuf, Transport::PerfBuf] {
             let mut storage = MaybeUninit::uninit();
             let mut open = IrqoffSkelBuilder::default().open(&mut storage).unwrap();

@@ -46,6 +46,9 @@ pub struct Record {
     /// None where steal time cannot be known.
     pub steal_us: Option<u64>,
     pub stack_of: StackOf,
+    /// The sampled code was user code, so there is no kernel stack: said by
+    /// the kernel's saved registers, not guessed from an empty stack.
+    pub user_space: bool,
     pub stack: Vec<Frame>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "errno_json")]
     pub stack_error: Option<Errno>,
@@ -81,9 +84,10 @@ impl Record {
         }
         if let Some(e) = self.stack_error {
             out.push_str(&format!("<stack not captured: {e}>\n"));
-        } else if self.stack.is_empty() {
-            // The timer interrupted user code: no kernel stack to show.
+        } else if self.user_space {
             out.push_str("<user space>\n");
+        } else if self.stack.is_empty() {
+            out.push_str("<no kernel frames captured>\n");
         }
         out
     }
@@ -192,6 +196,7 @@ mod tests {
             lat_us: 1_000_539,
             steal_us: Some(2_000),
             stack_of: StackOf::Holder,
+            user_space: false,
             stack: vec![
                 Frame { addr: 0xffffffffc04e2072, sym: Some("owner_func".into()), off: 0x12, module: Some("m".into()) },
                 Frame { addr: 0xffffffff890b1c5b, sym: Some("process_one_work".into()), off: 0x1cb, module: None },
@@ -220,7 +225,10 @@ mod tests {
     fn user_space_is_said_not_left_blank() {
         let mut r = record(Kind::Window);
         r.stack.clear();
+        assert_eq!(r.text().lines().nth(1), Some("<no kernel frames captured>"));
+        r.user_space = true;
         assert_eq!(r.text().lines().nth(1), Some("<user space>"));
+        assert_eq!(serde_json::to_value(&r).unwrap()["user_space"], true);
     }
 
     #[test]

@@ -196,6 +196,7 @@ mod tests {
 
     /// window.h's irqoff_judge, run by the kernel: (verdict, lat).
     fn judge(gap: u64, period: u64, idle: u64, steal: u64, threshold: u64) -> (u32, u64) {
+        kdiag_testkit::needs_root("runs a BPF program");
         let mut storage = MaybeUninit::uninit();
         let skel = WindowTestSkelBuilder::default().open(&mut storage).unwrap().load().unwrap();
         let mut args: Vec<u8> = [gap, period, idle, steal, threshold].iter().flat_map(|v| v.to_ne_bytes()).collect();
@@ -232,6 +233,7 @@ mod tests {
     /// The version protocol, on a struct the test plays the host for.
     #[test]
     fn steal_is_read_only_at_an_even_version() {
+        kdiag_testkit::needs_root("runs a BPF program");
         let mut storage = MaybeUninit::uninit();
         let mut skel = WindowTestSkelBuilder::default().open(&mut storage).unwrap().load().unwrap();
         let mut read = |version: u32| {
@@ -257,6 +259,7 @@ mod tests {
     /// and without per-CPU symbols in kallsyms.
     #[test]
     fn the_steal_clock_is_found_the_way_this_kernel_allows() {
+        kdiag_testkit::needs_root("reads /proc/kallsyms and loads BPF programs");
         let hv = std::fs::read_to_string("/proc/cpuinfo").unwrap().split_whitespace().any(|f| f == "hypervisor");
         assert_eq!(hypervisor() != Hypervisor::None, hv);
         match (by_ksym(), kallsyms_lists_steal_time()) {

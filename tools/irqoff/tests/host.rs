@@ -174,8 +174,9 @@ impl Drop for Spinner {
 
 /// Real windows of 20 and 50 ms, and one of 5 ms, made by a BPF program
 /// spinning in hrtimer context on one CPU. At -t 10: the 20 and 50 ms
-/// windows are each reported once, within one sampling period of the
-/// measured spin; the 5 ms window is not reported.
+/// windows are each reported once, on that CPU, within one sampling
+/// period of the measured spin; the 5 ms window is not reported. Which
+/// task a report names is not checked: software mode cannot promise it.
 #[test]
 fn detects_real_windows_of_known_length() {
     detects_injected_windows(&[], "ring buffer");
@@ -228,13 +229,25 @@ fn detects_injected_windows(env: &[(&str, &str)], transport: &str) {
         // Within one sampling period of the truth: the last tick before the
         // window came up to one period before it (report short by up to a
         // period); a tick lost to the hypervisor just before it makes the
-        // report long by up to a period.
-        assert!(lat_ns.abs_diff(spun) <= period_ns + 10_000, "{ms} ms: spun {spun} ns, reported {w}");
-        // Software mode: the stack is where interrupts came back on, which
-        // is the spinner's read(2) unless it was caught in user space.
+        // report long by up to a period. The spin is timed by the guest
+        // clock, which runs on while the host deschedules this vCPU: that
+        // steal time is in `spun` and, rightly, not in `lat_us`.
+        let steal_ns = w["steal_us"].as_u64().unwrap_or(0) * 1000;
+        assert!((lat_ns + steal_ns).abs_diff(spun) <= period_ns + 10_000, "{ms} ms: spun {spun} ns, reported {w}");
+        // Software mode promises the length and the CPU, and a stack of
+        // wherever the CPU was when interrupts came back on: not whose it
+        // is. The tick that ends the window interrupts whatever the
+        // injector interrupted, usually the spinner but on a shared box
+        // any task (once cc1, in exc_page_fault). So: a kernel stack whose
+        // innermost frame is named, or user code as the saved registers
+        // say, and nothing in between.
         assert_eq!(w["stack_of"], "reenabler");
-        let syms: Vec<&str> = w["stack"].as_array().unwrap().iter().filter_map(|f| f["sym"].as_str()).collect();
-        assert!(syms.is_empty() || syms.iter().any(|s| s.contains("read")), "{w}");
+        let stack = w["stack"].as_array().unwrap();
+        match w["user_space"].as_bool() {
+            Some(true) => assert!(stack.is_empty(), "{w}"),
+            Some(false) => assert!(stack.first().is_some_and(|f| f["sym"].is_string()), "{w}"),
+            None => panic!("no user_space field: {w}"),
+        }
     }
     let summary = lines.last().unwrap();
     assert!(summary["windows"].as_u64().unwrap() >= 2, "{summary}");

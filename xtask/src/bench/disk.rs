@@ -148,6 +148,8 @@ mod tests {
     /// the Disk is dropped (needs root, like the bench itself).
     #[test]
     fn loop_disk_detaches_itself() {
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root: sets up a loop device");
         let disk = Disk::new_loop().unwrap();
         let WriteTo::Device(path) = &disk.to else { unreachable!() };
         let name = path.file_name().unwrap().to_str().unwrap().to_string();

@@ -57,6 +57,7 @@ struct cpu_state {
 	__u32 ongoing_sent;
 	__u32 holder_pid;
 	__u32 holder_tid;
+	__u32 holder_user;
 	__s32 holder_stack_sz;
 	char holder_comm[IRQOFF_COMM_LEN];
 	__u64 holder_stack[IRQOFF_MAX_STACK];
@@ -107,6 +108,14 @@ static __always_inline __u64 idle_until(struct cpu_state *st, __u64 now)
 	__u64 since = st->idle_since;
 
 	return st->idle_ns + (since && now > since ? now - since : 0);
+}
+
+/* Did the sample interrupt user code? The privilege level is in the low
+ * bits of the saved CS (x86-64); a perf_event program reads its ctx's
+ * registers 8 bytes at a time. */
+static __always_inline __u32 in_user(struct bpf_perf_event_data *ctx)
+{
+	return (ctx->regs.csx & 3) == 3;
 }
 
 static __always_inline __u64 sub0(__u64 a, __u64 b)
@@ -211,6 +220,7 @@ static __always_inline void fill(struct irqoff_event *e, struct cpu_state *st, _
 	e->stack_of = IRQOFF_HOLDER;
 	e->pid = st->holder_pid;
 	e->tid = st->holder_tid;
+	e->user = st->holder_user;
 	e->stack_sz = st->holder_stack_sz;
 	__builtin_memcpy(e->comm, st->holder_comm, sizeof(e->comm));
 	__builtin_memcpy(e->stack, st->holder_stack, sizeof(e->stack));
@@ -298,6 +308,7 @@ int irqoff_tick(struct bpf_perf_event_data *ctx)
 		e->pid = pid_tgid >> 32;
 		e->tid = (__u32)pid_tgid;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		e->user = in_user(ctx);
 		e->stack_sz = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 		if (e->stack_sz < 0)
 			s->stack_failed++;
@@ -337,6 +348,7 @@ int irqoff_nmi(struct bpf_perf_event_data *ctx)
 		st->holder_pid = pid_tgid >> 32;
 		st->holder_tid = (__u32)pid_tgid;
 		bpf_get_current_comm(st->holder_comm, sizeof(st->holder_comm));
+		st->holder_user = in_user(ctx);
 		st->holder_stack_sz = bpf_get_stack(ctx, st->holder_stack, sizeof(st->holder_stack), 0);
 		if (st->holder_stack_sz < 0)
 			s->nmi_stack_failed++;

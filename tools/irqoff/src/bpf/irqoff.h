@@ -28,6 +28,7 @@ struct irqoff_event {
 	__u32 kind;     /* enum irqoff_kind */
 	__u32 stack_of; /* enum irqoff_stack_of */
 	__s32 stack_sz; /* bytes of stack[], or a negative errno */
+	__u32 user;     /* the sampled context was user code: no kernel stack */
 	char comm[IRQOFF_COMM_LEN];
 	__u64 stack[IRQOFF_MAX_STACK];
 };
