@@ -9,7 +9,9 @@ const AFTER_HELP: &str = "\
 Output (text): a header, then for each window one line and its kernel stack:
   TIME(irqoff)  local time the window ended (YYYY-MM-DD_HH:MM:SS)
   CPU           the CPU that ran with interrupts off
-  COMM, TID     the task that was running there
+  COMM, TID     the task that was running there; '(irqoff itself)' at the
+                end of the line when that was irqoff (its own start-up and
+                symbolization: little to say about the box)
   LAT(us)       how long interrupts were off, in microseconds; never less
                 than the threshold (one sampling period is subtracted, so a
                 report may be short by up to one period, never long); time
@@ -31,7 +33,8 @@ failed stack captures, and of gaps that were over the threshold only with
 the hypervisor's time counted (steal time alone explains them).
 
 --json prints one object per line: {\"type\":\"window\"|\"ongoing\", \"time\",
-\"mono_ns\" (CLOCK_MONOTONIC), \"cpu\", \"comm\", \"pid\", \"tid\", \"lat_us\", \"steal_us\" (null when
+\"mono_ns\" (CLOCK_MONOTONIC), \"cpu\", \"comm\", \"pid\", \"tid\", \"own\" (the task
+was irqoff itself), \"lat_us\", \"steal_us\" (null when
 unknown), \"stack_of\", \"user_space\" (the window ended in user code: no kernel
 stack), \"stack\":[{\"addr\", \"sym\", \"off\", \"module\"}]}, and a last
 {\"type\":\"summary\", ..., \"steal\":\"known\"|\"none\"|\"unknown\", \"steal_explained\",

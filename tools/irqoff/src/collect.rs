@@ -53,6 +53,7 @@ fn to_record(ev: &irqoff_event, wall: &WallClock, symbolizer: &mut Symbolizer) -
         comm: maps::c_string(&ev.comm),
         pid: ev.pid,
         tid: ev.tid,
+        own: ev.pid == std::process::id(),
         lat_us: ev.lat_ns / 1000,
         steal_us: None,
         stack_of: if ev.stack_of == 1 { StackOf::Holder } else { StackOf::Reenabler },

@@ -41,6 +41,9 @@ pub struct Record {
     pub comm: String,
     pub pid: u32,
     pub tid: u32,
+    /// The task was irqoff itself: its own syscalls (ring buffer set-up,
+    /// symbolization) ran there, so the window says little about the box.
+    pub own: bool,
     pub lat_us: u64,
     /// Hypervisor time inside the window, already taken out of `lat_us`;
     /// None where steal time cannot be known.
@@ -77,6 +80,9 @@ impl Record {
         );
         if self.kind == Kind::Ongoing {
             out.push_str("  ongoing: interrupts still off, at least this long");
+        }
+        if self.own {
+            out.push_str("  (irqoff itself)");
         }
         out.push('\n');
         for f in &self.stack {
@@ -193,6 +199,7 @@ mod tests {
             comm: "kworker/3:0".into(),
             pid: 379531,
             tid: 379531,
+            own: false,
             lat_us: 1_000_539,
             steal_us: Some(2_000),
             stack_of: StackOf::Holder,
@@ -234,6 +241,16 @@ mod tests {
     #[test]
     fn ongoing_is_marked() {
         assert!(record(Kind::Ongoing).text().lines().next().unwrap().contains("ongoing"));
+    }
+
+    #[test]
+    fn own_windows_are_marked() {
+        let mut r = record(Kind::Window);
+        assert!(!r.text().contains("irqoff itself"));
+        assert_eq!(serde_json::to_value(&r).unwrap()["own"], false);
+        r.own = true;
+        assert!(r.text().lines().next().unwrap().ends_with("  (irqoff itself)"));
+        assert_eq!(serde_json::to_value(&r).unwrap()["own"], true);
     }
 
     #[test]

@@ -111,11 +111,16 @@ static __always_inline __u64 idle_until(struct cpu_state *st, __u64 now)
 }
 
 /* Did the sample interrupt user code? The privilege level is in the low
- * bits of the saved CS (x86-64); a perf_event program reads its ctx's
- * registers 8 bytes at a time. */
+ * bits of the saved CS. The registers open the context in the ptrace
+ * layout, CS in slot 17 on every x86-64 kernel; read by slot, 8 bytes as
+ * the verifier wants, not by name: vmlinux.h's pt_regs (6.9+, FRED) has CS
+ * in a union, and a CO-RE relocation to a member of it fails to load on
+ * older kernels. */
+#define IRQOFF_CS_SLOT 17
+
 static __always_inline __u32 in_user(struct bpf_perf_event_data *ctx)
 {
-	return (ctx->regs.csx & 3) == 3;
+	return (((const __u64 *)ctx)[IRQOFF_CS_SLOT] & 3) == 3;
 }
 
 static __always_inline __u64 sub0(__u64 a, __u64 b)
