@@ -198,7 +198,7 @@ mod tests {
         assert!(has_helper(&btf, "BPF_FUNC_get_func_ip"));
         assert!(has_helper(&btf, "BPF_FUNC_get_attach_cookie"));
         assert!(!has_helper(&btf, "BPF_FUNC_no_such_helper"));
-}
+    }
 
     /// Every kernel we run on with BTF of its own takes tp_btf (5.5+); and
     /// the fentry answer is a load or attach verdict, or a yes.

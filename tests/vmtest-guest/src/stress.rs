@@ -102,8 +102,8 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
     // Every task on the system, not only ours: the programs then run at
     // every switch and wakeup of the guest.
     add("offwaketime", None, &["1"]);
-    for b in ["fentry", "kprobe", "tracepoint"] {
-        if b == "tracepoint" || works(b) {
+    for b in ["fentry", "kprobe", "tp_btf", "raw_tp"] {
+        if ["tp_btf", "raw_tp"].contains(&b) || works(b) {
             add("epollwake", Some(b), &["-p", &pid, "1"]);
         }
     }

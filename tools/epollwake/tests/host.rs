@@ -19,16 +19,14 @@ const BANNER: &str = "watching process";
 const START: Duration = Duration::from_secs(30);
 
 /// The backend a run must use: the host can only do tracepoints, typed by
-/// its BTF; EPOLLWAKE_TEST_BACKEND=raw_tp holds the untyped rung to the
-/// same checks.
-fn backend() -> String {
-    std::env::var("EPOLLWAKE_TEST_BACKEND").unwrap_or_else(|_| "tp_btf".into())
-}
+/// its BTF (raw_tracepoints_herd_data_and_close holds the untyped rung to
+/// the same checks; the guests the kprobe and fentry rungs).
+const BACKEND: &str = "tp_btf";
 
 /// Run the whole scenario against a server bound to `bind` and check what
 /// epollwake reports, record by record.
 fn scenario(bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Value> {
-    scenario_on(&backend(), bind, family, local_ip, extra)
+    scenario_on(BACKEND, bind, family, local_ip, extra)
 }
 
 fn scenario_on(backend: &str, bind: &str, family: &str, local_ip: &str, extra: &[&str]) -> Vec<Value> {
@@ -138,7 +136,7 @@ fn filters() {
         .iter()
         .map(|f| {
             let mut args: Vec<String> =
-                ["-p", &pid, "--json", "--backend", &backend(), f[0], f[1]].map(String::from).to_vec();
+                ["-p", &pid, "--json", "--backend", BACKEND, f[0], f[1]].map(String::from).to_vec();
             args.extend(server.tid_args());
             spawn(BIN, &args.iter().map(String::as_str).collect::<Vec<_>>())
         })
@@ -156,7 +154,7 @@ fn filters() {
     }
     let [kept, dropped, by_fd] = [0, 1, 2].map(|i| outs[i].json_lines());
 
-    verify(&kept, &outs[0].stdout, &server, client, "ipv4", "127.0.0.1", &backend());
+    verify(&kept, &outs[0].stdout, &server, client, "ipv4", "127.0.0.1", BACKEND);
 
     assert_eq!(dropped.len(), 1, "only the summary: {}", outs[1].stdout);
     assert_eq!(dropped[0]["wakeups"], 0);
@@ -181,7 +179,7 @@ fn filters() {
 fn detaches_everything(stop: Option<i32>, reason: &str) {
     let server = Server::start("127.0.0.1:0");
     let pid = std::process::id().to_string();
-    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend()];
+    let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), BACKEND.into()];
     args.extend(server.tid_args());
     if stop.is_none() {
         args.push("2".into());
@@ -197,9 +195,9 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     assert_eq!(held.progs.len(), 8, "{held:?}");
     assert_eq!(held.links.len(), 8, "{held:?}");
     assert_eq!(held.perf_events, 0, "{held:?}");
-    let want = if backend() == "tp_btf" { ProgramType::Tracing } else { ProgramType::RawTracepoint };
+    // tp_btf programs are of the tracing type.
     for (name, ty) in programs_held_by(r.pid()) {
-        assert_eq!(ty, want, "{name}");
+        assert_eq!(ty, ProgramType::Tracing, "{name}");
     }
     if let Some(sig) = stop {
         r.signal(sig);
@@ -398,7 +396,7 @@ fn nginx_under_ab_grouped_per_listener() {
     let mut runs: Vec<_> = server
         .workers
         .iter()
-        .map(|w| spawn(BIN, &["-p", &w.to_string(), "--json", "--summary", "--backend", &backend()]))
+        .map(|w| spawn(BIN, &["-p", &w.to_string(), "--json", "--summary", "--backend", BACKEND]))
         .collect();
     for r in &mut runs {
         let banner = r.wait_for_stderr(BANNER, START);

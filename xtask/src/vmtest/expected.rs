@@ -14,7 +14,7 @@ fn groups(works: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Vec<String>)> {
     // the host cannot run, forced.
     let mut backend = Vec::new();
     for (tool, ladder) in [
-        ("epollwake", &["fentry", "kprobe", "tracepoint"][..]),
+        ("epollwake", &["fentry", "kprobe", "tp_btf", "raw_tp"][..]),
         ("offwaketime", &["tp_btf", "raw_tp", "tracepoint", "kprobe"][..]),
         ("funcstack", &["fentry", "kprobe", "ftrace"][..]),
         ("funcstack-glob", &["kprobe-multi", "kprobe", "ftrace"][..]),
@@ -36,7 +36,7 @@ fn groups(works: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Vec<String>)> {
         }
     }
     stress.push("stress.offwaketime".into());
-    for b in ["fentry", "kprobe", "tracepoint"] {
+    for b in ["fentry", "kprobe", "tp_btf", "raw_tp"] {
         if works(b) {
             stress.push(format!("stress.epollwake.{b}"));
         }
@@ -63,8 +63,24 @@ fn groups(works: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Vec<String>)> {
         ("kmod-memory", all("kmod-memory", &["kernel", "nofs", "noio", "kernel+noretry", "release"])),
         ("loop", vec!["loop".into()]),
         ("blkreq", all("blkreq", &[blkreq_best, "kprobe"])),
-        ("compactwatch", all("compactwatch", &["nofs", "noio", "kernel+noretry", "restore"])),
-        ("irqoff", all("irqoff", &["banner", "exit", "20ms", "50ms", "200ms", "5ms", "no-stray-reports"])),
+        ("compactwatch", all("compactwatch", &["nofs", "noio", "kernel+noretry", "from-dmesg", "restore"])),
+        (
+            "irqoff",
+            all(
+                "irqoff",
+                &[
+                    "banner",
+                    "steal-unknown",
+                    "steal-not-claimed",
+                    "exit",
+                    "20ms",
+                    "50ms",
+                    "200ms",
+                    "5ms",
+                    "no-stray-reports",
+                ],
+            ),
+        ),
         ("offwaketime", all("offwaketime", &["default.banner", "default", "kprobe.banner", "kprobe"])),
         ("funcstack", all("funcstack", &["fentry", "kprobe", &format!("glob-{glob}"), "ftrace"])),
         ("epollwake", all("epollwake", &["kprobe-ipv4", "kprobe-ipv6", "fentry-ipv4", "fentry-ipv6"])),
