@@ -45,7 +45,7 @@ impl Kind {
     /// match by the caller (it lives in the tool's own rodata).
     pub fn configure<'o>(self, ring: &mut OpenMapMut<'o>, perf: &mut OpenMapMut<'o>) -> anyhow::Result<()> {
         let unused = if self == Kind::RingBuf { perf } else { ring };
-        Ok(unused.set_autocreate(false).context("configuring the event transport")?)
+        unused.set_autocreate(false).context("configuring the event transport")
     }
 }
 

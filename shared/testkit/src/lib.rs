@@ -147,6 +147,22 @@ impl Running {
         assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
     }
 
+    /// End a `--json` run the way a detach test asks (`stop`: a signal to
+    /// send, or None to let its duration end): it must exit 0 with a last
+    /// line that is the summary and names `reason`. That summary, and the
+    /// output, for the tool's own checks.
+    pub fn end_with(self, stop: Option<i32>, reason: &str) -> (Output, serde_json::Value) {
+        if let Some(sig) = stop {
+            self.signal(sig);
+        }
+        let out = self.wait();
+        assert!(out.status.success(), "{out:?}");
+        let summary = out.json_lines().pop().unwrap_or_default();
+        assert_eq!(summary["type"], "summary", "{out:?}");
+        assert_eq!(summary["stop_reason"], reason, "{summary}");
+        (out, summary)
+    }
+
     /// Wait for exit and collect the output.
     pub fn wait(mut self) -> Output {
         let stdout = self.stdout.take().unwrap().join().unwrap();

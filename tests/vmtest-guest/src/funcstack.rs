@@ -21,10 +21,13 @@ const ROUNDS: u64 = 3;
 const WORKER: &str = "fs-fsyncer";
 const FILE: &str = "/tmp/funcstack-fsync";
 
+/// Dropping it lets the fsync thread end; joining waits for that.
+type Release = (mpsc::Sender<()>, thread::JoinHandle<()>);
+
 /// The fsyncs, in a thread of its own, so its comm is known and the calls
 /// are all made after the tool attached. The thread stays alive until
 /// `release` is dropped.
-fn fsyncs_in_thread() -> (Result<(), String>, Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>) {
+fn fsyncs_in_thread() -> (Result<(), String>, Option<Release>) {
     let (done_tx, done_rx) = mpsc::channel();
     let (release, hold) = mpsc::channel::<()>();
     let h = thread::spawn(move || {

@@ -200,7 +200,7 @@ fn func_sites(btf: &btf_rs::Btf, section: &btf_rs::BtfSection) -> Vec<Site> {
             .parameters
             .iter()
             .enumerate()
-            .filter(|(_, p)| points_to_request(&btf, *p))
+            .filter(|(_, p)| points_to_request(btf, p))
             .map(|(i, _)| i as u8)
             .collect();
         if let (false, Ok(name)) = (positions.is_empty(), btf.resolve_name(&f)) {

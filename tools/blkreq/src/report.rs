@@ -105,7 +105,7 @@ pub fn list(res: &crate::targets::Resolved, plan: &crate::attach::Plan) -> Strin
             role.push_str(" (excluded: tracked, not shown)");
         }
         out.push_str(
-            &format!("{:<48} {:<6} {:<24} {}\n", t.label(), args.join(","), plan.method_of(t), role).trim_end(),
+            format!("{:<48} {:<6} {:<24} {}\n", t.label(), args.join(","), plan.method_of(t), role).trim_end(),
         );
         out.push('\n');
     }

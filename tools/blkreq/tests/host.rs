@@ -413,14 +413,7 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     assert!(tps >= 8, "{banner}");
     assert_eq!(held.progs.len(), tps, "{held:?} {banner}");
     assert_eq!(held.links.len(), tps, "{held:?} {banner}");
-    if let Some(sig) = stop {
-        r.signal(sig);
-    }
-    let out = r.wait();
-    assert!(out.status.success(), "{out:?}");
-    let lines = out.json_lines();
-    let s = summary(&lines);
-    assert_eq!(s["stop_reason"], reason);
+    let (_, s) = r.end_with(stop, reason);
     assert_eq!(s["requests"], 0);
     kdiag_testkit::assert_released(&held, Duration::from_secs(5));
 }

@@ -432,14 +432,7 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     for (name, ty) in programs_held_by(r.pid()) {
         assert_eq!(ty, ProgramType::Tracing, "{name}");
     }
-    if let Some(sig) = stop {
-        r.signal(sig);
-    }
-    let out = r.wait();
-    assert!(out.status.success(), "{out:?}");
-    let summary = out.json_lines().pop().unwrap();
-    assert_eq!(summary["type"], "summary");
-    assert_eq!(summary["stop_reason"], reason);
+    r.end_with(stop, reason);
     kdiag_testkit::assert_released(&held, Duration::from_secs(5));
 }
 

@@ -125,6 +125,15 @@ pub fn find_functions(path: &Path, glob: &str) -> Result<Vec<Target>, String> {
     Ok(found)
 }
 
+/// `--uprobe BINARY:GLOB` of process `pid`: the binary's path and the
+/// functions the glob matches in it.
+pub fn resolve(pid: u32, arg: &str) -> Result<(PathBuf, Vec<Target>), String> {
+    let spec = parse_spec(arg)?;
+    let path = resolve_binary(pid, &spec.binary)?;
+    let found = find_functions(&path, &spec.glob)?;
+    Ok((path, found))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,13 +185,4 @@ mod tests {
         assert!(t[0].file_offset > 0);
         assert!(find_functions(&exe, "no_such_function_anywhere_*").unwrap_err().contains("no function matching"));
     }
-}
-
-/// `--uprobe BINARY:GLOB` of process `pid`: the binary's path and the
-/// functions the glob matches in it.
-pub fn resolve(pid: u32, arg: &str) -> Result<(PathBuf, Vec<Target>), String> {
-    let spec = parse_spec(arg)?;
-    let path = resolve_binary(pid, &spec.binary)?;
-    let found = find_functions(&path, &spec.glob)?;
-    Ok((path, found))
 }

@@ -104,7 +104,7 @@ pub fn summarize(
                 samples: s.samples,
                 windows: s.windows,
                 max_us: s.lat_max_ns / 1000,
-                avg_us: if s.windows > 0 { s.lat_sum_ns / s.windows / 1000 } else { 0 },
+                avg_us: s.lat_sum_ns.checked_div(s.windows).unwrap_or(0) / 1000,
                 steal_us: s.steal_ns / 1000,
             })
             .collect(),

@@ -126,14 +126,7 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     assert_eq!(held.progs.len(), 2, "{held:?}");
     assert_eq!(held.links.len(), 1, "{held:?}");
     assert_eq!(held.perf_events, cpus + 1, "{held:?}");
-    if let Some(sig) = stop {
-        r.signal(sig);
-    }
-    let out = r.wait();
-    assert!(out.status.success(), "{out:?}");
-    let summary = out.json_lines().pop().unwrap();
-    assert_eq!(summary["type"], "summary");
-    assert_eq!(summary["stop_reason"], reason);
+    r.end_with(stop, reason);
     kdiag_testkit::assert_released(&held, Duration::from_secs(5));
 }
 

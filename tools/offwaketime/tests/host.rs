@@ -331,13 +331,7 @@ fn detaches_everything(stop: Option<i32>, reason: &str) {
     // hardirq pair goes on five tracepoints on this x86 host.
     assert_eq!(held.progs.len(), 6, "{held:?}");
     assert_eq!(held.links.len(), 2 + 2 + 2 * 5, "{held:?}");
-    if let Some(sig) = stop {
-        r.signal(sig);
-    }
-    let out = r.wait();
-    assert!(out.status.success(), "{out:?}");
-    let (_, summary) = groups(&out);
-    assert_eq!(summary["stop_reason"], reason);
+    r.end_with(stop, reason);
     kdiag_testkit::assert_released(&held, Duration::from_secs(5));
 }
 

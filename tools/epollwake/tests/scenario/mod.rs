@@ -213,7 +213,7 @@ pub fn verify(
 
     // 1. The new connection woke both workers: one herd, each wake-up
     // naming the listening socket under the fd that worker registered.
-    let wakes = of_type(&lines, "wake");
+    let wakes = of_type(lines, "wake");
     let listen_wakes: Vec<&&Value> =
         wakes.iter().filter(|w| w["socket"]["state"] == "LISTEN" && w["socket"]["lport"] == port).collect();
     assert_eq!(listen_wakes.len(), 2, "{all}");
@@ -244,7 +244,7 @@ pub fn verify(
     assert!(worker_tids.contains(&tid(wasted[0])));
 
     // 3. The accept: new fd, peer address and port.
-    let accepts: Vec<&Value> = of_type(&lines, "accept").into_iter().filter(|a| a.get("fd").is_some()).collect();
+    let accepts: Vec<&Value> = of_type(lines, "accept").into_iter().filter(|a| a.get("fd").is_some()).collect();
     assert_eq!(accepts.len(), 1, "{all}");
     let a = accepts[0];
     assert_eq!((tid(a), a["fd"].as_i64().unwrap()), (owner, conn_fd));
@@ -271,7 +271,7 @@ pub fn verify(
     assert!(data.get("herd").is_none(), "{data}");
     let ret_after = |w: &Value| -> Value {
         let t = w["mono_ns"].as_u64().unwrap();
-        (*of_type(&lines, "return")
+        (*of_type(lines, "return")
             .iter()
             .find(|r| tid(r) == tid(w) && r["mono_ns"].as_u64().unwrap() > t)
             .expect("a return"))
@@ -295,7 +295,7 @@ pub fn verify(
     let evs = ret["events"][0]["events"].as_array().unwrap();
     assert!(evs.contains(&"EPOLLIN".into()) && evs.contains(&"EPOLLRDHUP".into()), "{ret}");
     let close =
-        of_type(&lines, "close").into_iter().find(|c| c["fd"] == conn_fd).unwrap_or_else(|| panic!("no close: {all}"));
+        of_type(lines, "close").into_iter().find(|c| c["fd"] == conn_fd).unwrap_or_else(|| panic!("no close: {all}"));
     assert_eq!(tid(close), owner);
     assert_eq!(close["socket"]["state"], "CLOSE_WAIT");
     assert_eq!(close["socket"]["rport"], client.port() as u64);
