@@ -89,6 +89,11 @@ fn teardown(dir: &Path) -> std::io::Result<()> {
         let _ = write_file(&dir.join(file), file, value, truncate);
     };
     quiet("tracing_on", "0", true);
+    // On 5.10 the function tracer's options are one set for all instances
+    // (6.1 keeps them per instance): left on, the next function tracer
+    // anywhere, the top level's too, takes a stack at every call. Turned
+    // off while ours still runs, so that the kernel acts on it.
+    quiet("options/func_stack_trace", "0", true);
     quiet("current_tracer", "nop", true);
     quiet("events/enable", "0", true);
     // Opening a filter file for writing with O_TRUNC empties it.

@@ -223,9 +223,12 @@ fn instances_left() -> Result<Vec<String>, String> {
 /// function tracer in an instance (record-tgid leaves saved_tgids empty),
 /// so funcstack learns a sample's process from /proc/TID at exit, and
 /// with -p it drops the calls of a thread that is gone by then.
-fn ftrace(rep: &mut Reporter, name: &str) {
+/// `forced`: with `--backend ftrace`; else ftrace must be the tool's own
+/// choice (a kernel without BTF).
+pub fn ftrace(rep: &mut Reporter, name: &str, forced: bool) {
     let pid = std::process::id().to_string();
-    let args = ["--backend", "ftrace", "-p", &pid, "--json", FUNC];
+    let all = ["--backend", "ftrace", "-p", &pid, "--json", FUNC];
+    let args = if forced { &all[..] } else { &all[2..] };
     let mut held = None;
     let run = run_tool("/bin/funcstack", &args, true, STOP_LIMIT, || {
         let (r, h) = fsyncs_in_thread();
@@ -241,17 +244,22 @@ fn ftrace(rep: &mut Reporter, name: &str) {
     };
     let (n, wrong) = fsync_stacks(&records, FUNC);
     let left = instances_left();
+    // 5.10 shares the function tracer's options among all instances: the
+    // run must not leave stack tracing on for the next function tracer.
+    let stack_option = std::fs::read_to_string("/sys/kernel/tracing/options/func_stack_trace");
     let ok = banner_says(&run, "ftrace")
         && summary["backend"] == "ftrace"
         && n == ROUNDS
         && wrong.is_empty()
+        && matches!(&stack_option, Ok(v) if v.trim() == "0")
         && matches!(&left, Ok(l) if l.is_empty());
     let stacks: Vec<String> = records.iter().filter(|r| r["type"] == "stack").map(describe).collect();
     rep.result(
         name,
         ok,
         format!(
-            "backend {}, {n} calls through {} (want {ROUNDS}), lost records {}; instances left: {left:?}; {}; stacks: {}; {:.1} s",
+            "backend {}, {n} calls through {} (want {ROUNDS}), lost records {}; instances left: {left:?}; \
+             func_stack_trace left {stack_option:?}; {}; stacks: {}; {:.1} s",
             summary["backend"],
             fsync_caller(),
             summary["lost_records"],
@@ -282,7 +290,7 @@ pub fn run(ctx: &Ctx, rep: &mut Reporter) {
         rep.fail("funcstack.glob", "neither kprobe-multi nor kprobe is expected on this kernel");
     }
     if works("ftrace") {
-        ftrace(rep, "funcstack.ftrace");
+        ftrace(rep, "funcstack.ftrace", true);
     } else {
         rep.fail("funcstack.ftrace", "the host did not expect ftrace on this kernel");
     }

@@ -269,6 +269,10 @@ impl Session {
                     scope.pid = Some(p);
                 }
                 set(&inst, "current_tracer", "function")?;
+                // Where the option is shared by all instances (5.10) it may
+                // read as on already, and writing 1 then changes nothing in
+                // this one: off first makes the 1 take effect.
+                set(&inst, "options/func_stack_trace", "0")?;
                 set(&inst, "options/func_stack_trace", "1")?;
             }
             Resolved::Tracepoint { group, name } => {
