@@ -85,10 +85,13 @@ pub struct Cli {
     pub duration: Option<Duration>,
 
     #[command(flatten)]
+    pub btf: kdiag_shared::btf::BtfArgs,
+
+    #[command(flatten)]
     pub common: kdiag_shared::lifecycle::CommonArgs,
 }
 
-kdiag_shared::tool_args!(Cli);
+kdiag_shared::tool_args!(Cli, btf);
 
 fn parse_threshold(s: &str) -> Result<u64, String> {
     match s.trim().parse::<i64>() {

@@ -50,7 +50,7 @@ fn run(cli: cli::Cli, s: &mut Session) -> Result<()> {
     let period = params::sampling_period(threshold);
     let cpus = cpus::select(cli.cpus.as_deref(), &cpus::online()?)?;
     let mut sink = Sink::from_option(cli.log.as_deref())?;
-    precheck::check(precheck::Needs::default())?;
+    precheck::check(precheck::Needs { btf: true, tracefs: false })?;
     let mut exporter = Exporter::start(&cli.metrics)?;
 
     let clock_spec = EventSpec::SwCpuClock { period_ns: period.as_nanos() as u64 };
