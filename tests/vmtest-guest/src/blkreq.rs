@@ -126,7 +126,7 @@ fn direct_io(path: String) -> Result<u32, String> {
     .map_err(|_| "the I/O thread panicked".to_string())?
 }
 
-fn check(rep: &mut Reporter, name: &str, dev: &LoopDev, forced: Option<&str>, want: &str) {
+pub fn check(rep: &mut Reporter, name: &str, dev: &LoopDev, forced: Option<&str>, want: &str) {
     let mut args: Vec<&str> = Vec::new();
     if let Some(b) = forced {
         args.extend(["--backend", b]);

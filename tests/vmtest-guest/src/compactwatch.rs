@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 const ORDER: u32 = 5;
 /// As in the kmod-memory check: too little under the min watermark to
 /// hold a free block of ORDER for the fragmenter to miss.
-const MIN_FREE_KB: &str = "1024";
+pub const MIN_FREE_KB: &str = "1024";
 
 /// Fragment, then `count` allocations of ORDER with `gfp`, all held until
 /// the last, from this thread.
@@ -116,15 +116,31 @@ fn not_attempted(r: &Value) -> Option<&str> {
 /// the record says how many it took.
 fn case(rep: &mut Reporter, gfp: &str, count: u32, attempts: u32, judge: fn(&[Value]) -> bool) {
     let name = format!("compactwatch.{}", gfp.replace(',', "+"));
+    case_as(rep, &name, "tp_btf", gfp, count, attempts, judge)
+}
+
+/// Up to `attempts` runs of [`try_case`] until one is good, reported as
+/// `name`.
+pub fn case_as(
+    rep: &mut Reporter,
+    name: &str,
+    want: &str,
+    gfp: &str,
+    count: u32,
+    attempts: u32,
+    judge: fn(&[Value]) -> bool,
+) {
     for attempt in 1..=attempts {
-        let (good, detail) = try_case(gfp, count, judge);
+        let (good, detail) = try_case(gfp, count, want, judge);
         if good || attempt == attempts {
-            return rep.result(&name, good, format!("try {attempt} of {attempts}: {detail}"));
+            return rep.result(name, good, format!("try {attempt} of {attempts}: {detail}"));
         }
     }
 }
 
-fn try_case(gfp: &str, count: u32, judge: fn(&[Value]) -> bool) -> (bool, String) {
+/// One run of compactwatch around `count` allocations with `gfp`, on the
+/// raw tracepoints of backend `want` (tp_btf, or raw_tp without kernel BTF).
+fn try_case(gfp: &str, count: u32, want: &str, judge: fn(&[Value]) -> bool) -> (bool, String) {
     let pid = std::process::id().to_string();
     let order = ORDER.to_string();
     let args = ["--order", &order, "--json", "-p", &pid, "20"];
@@ -149,7 +165,7 @@ fn try_case(gfp: &str, count: u32, judge: fn(&[Value]) -> bool) -> (bool, String
     let sum = summary(&records);
     let exact = summary_failed(sum).0 == Some(failed_n) && sum["lost"].as_u64() == Some(0);
     // Raw tracepoints, each with the program for this kernel's arguments.
-    let raw = sum["backend"] == "tp_btf" && !run.stderr.iter().any(|l| l.contains("as a classic tracepoint"));
+    let raw = sum["backend"] == want && !run.stderr.iter().any(|l| l.contains("as a classic tracepoint"));
     let good = judge(&mine) && verdicts_follow(&mine) && exact && raw;
     let detail = format!(
         "{count} x order {ORDER} {gfp}: {ok_n} allocated, {failed_n} failed; exact count and nothing lost: {exact}; \
@@ -164,6 +180,19 @@ fn try_case(gfp: &str, count: u32, judge: fn(&[Value]) -> bool) -> (bool, String
         records.iter().find(|r| r["type"] == "summary").map(|r| r.to_string()).unwrap_or_else(|| "no summary".into())
     );
     (good, detail)
+}
+
+/// A stall or failure that shows its compaction runs, each with a status
+/// and a duration.
+pub fn compacted(rs: &[Value]) -> bool {
+    rs.iter().any(|r| {
+        let s = stall_of(r);
+        ["stall", "fail"].contains(&r["type"].as_str().unwrap_or(""))
+            && s["compaction_attempted"] == true
+            && s["runs"].as_array().is_some_and(|runs| {
+                !runs.is_empty() && runs.iter().all(|x| x["status"].is_string() && x["duration_us"].is_u64())
+            })
+    })
 }
 
 /// The kernel log as `dmesg -r` prints it ("<4>[   12.345678] text").
@@ -257,16 +286,7 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
     // Reclaim, kcompactd or the tool's own exit-time frees can leave the
     // first few blocks to the fast path or find compaction "not needed";
     // with each one held, later ones must compact.
-    case(rep, "nofs", 64, 3, |rs| {
-        rs.iter().any(|r| {
-            let s = stall_of(r);
-            ["stall", "fail"].contains(&r["type"].as_str().unwrap_or(""))
-                && s["compaction_attempted"] == true
-                && s["runs"].as_array().is_some_and(|runs| {
-                    !runs.is_empty() && runs.iter().all(|x| x["status"].is_string() && x["duration_us"].is_u64())
-                })
-        })
-    });
+    case(rep, "nofs", 64, 3, compacted);
     case(rep, "noio", 1, 1, |rs| rs.iter().any(|r| not_attempted(r).is_some_and(|w| w.contains("lacks __GFP_IO"))));
     // Compaction can still free one block of ORDER (6.12 does): keep
     // asking while holding each, until it has nothing left to give.

@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 /// The guest boots with loopback down; up, it also gets ::1.
-fn loopback_up() -> Result<(), String> {
+pub fn loopback_up() -> Result<(), String> {
     // SAFETY: a plain socket for the ioctls; ifreq is zeroed and given a
     // NUL-terminated name shorter than IFNAMSIZ.
     unsafe {
@@ -38,7 +38,7 @@ fn loopback_up() -> Result<(), String> {
     Ok(())
 }
 
-fn case(backend: &str, bind: &str, family: &str, local_ip: &str) -> Result<String, String> {
+pub fn case(backend: &str, bind: &str, family: &str, local_ip: &str) -> Result<String, String> {
     let server = Server::start(bind);
     let pid = std::process::id().to_string();
     let mut args: Vec<String> = vec!["-p".into(), pid, "--json".into(), "--backend".into(), backend.into()];

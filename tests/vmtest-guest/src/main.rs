@@ -25,6 +25,7 @@ mod funcstack;
 mod irqoff;
 mod kmod;
 mod ladder;
+mod nobtf;
 mod offwaketime;
 mod stress;
 mod sys;
@@ -120,6 +121,7 @@ const TESTS: &[Test] = &[
     Test { name: "offwaketime", run: offwaketime::run },
     Test { name: "funcstack", run: funcstack::run },
     Test { name: "epollwake", run: epollwake::run },
+    Test { name: "nobtf", run: nobtf::run },
     Test { name: "tracefs-toggle", run: stress::toggle_tracepoints },
     Test { name: "stress", run: stress::run },
 ];

@@ -95,7 +95,7 @@ fn short(stack: &Value) -> String {
     s.iter().take(8).copied().collect::<Vec<_>>().join("<")
 }
 
-fn check(rep: &mut Reporter, name: &str, forced: Option<&str>, want: &str) {
+pub fn check(rep: &mut Reporter, name: &str, forced: Option<&str>, want: &str) {
     let pid = std::process::id().to_string();
     let mut args = Vec::new();
     if let Some(b) = forced {

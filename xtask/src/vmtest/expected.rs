@@ -84,6 +84,28 @@ fn groups(works: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Vec<String>)> {
         ("offwaketime", all("offwaketime", &["default.banner", "default", "kprobe.banner", "kprobe"])),
         ("funcstack", all("funcstack", &["fentry", "kprobe", &format!("glob-{glob}"), "ftrace"])),
         ("epollwake", all("epollwake", &["kprobe-ipv4", "kprobe-ipv6", "fentry-ipv4", "fentry-ipv6"])),
+        (
+            "nobtf",
+            all(
+                "nobtf",
+                &[
+                    "hidden",
+                    "offwaketime.refused",
+                    "blkreq.refused",
+                    "epollwake.refused",
+                    "compactwatch.refused",
+                    "irqoff.refused",
+                    "funcstack",
+                    "irqoff",
+                    "offwaketime.banner",
+                    "offwaketime",
+                    "blkreq",
+                    "epollwake",
+                    "compactwatch",
+                    "restored",
+                ],
+            ),
+        ),
         ("tracefs-toggle", vec!["tracefs-toggle".into()]),
         ("stress", stress),
     ]

@@ -60,7 +60,7 @@ const NEVER_WORKS: &[&str] = &["hw"];
 
 /// What `--kernel all` and the suite boot: the kernels every tool's guest
 /// tests pass on. The others can be booted by name.
-pub const ALL: &[&str] = &["6.1", "6.12"];
+pub const ALL: &[&str] = &["5.10", "6.1", "6.12"];
 
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
