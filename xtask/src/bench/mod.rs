@@ -267,6 +267,7 @@ impl Row {
             ours_value: self.start.as_secs_f64() * 1000.0,
             peer: "hardirqs".into(),
             peer_value: peer,
+            bpf: None,
         }
     }
 

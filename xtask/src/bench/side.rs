@@ -24,6 +24,11 @@ pub struct SideRow {
     pub peer: String,
     /// The peer's figure, or why there is none.
     pub peer_value: Result<f64, String>,
+    /// Cost rows: the BPF programs' own run time per op, ours and the
+    /// peer's. Far steadier than the workload's wall clock, which moves by
+    /// more than a filtered-out event costs; it leaves out the kernel's
+    /// dispatch to the program.
+    pub bpf: Option<(f64, Option<f64>)>,
 }
 
 /// Where one program's time went: its BPF programs' run time and runs by
@@ -100,6 +105,12 @@ struct Tally {
     secs: f64,
 }
 
+impl Tally {
+    fn bpf_ns_per_op(&self) -> f64 {
+        self.progs.values().map(|&(t, _)| t).sum::<u64>() as f64 / self.ops.max(1) as f64
+    }
+}
+
 /// Run every contest; its table rows and the per-program breakdown.
 pub fn run(peers: &Peers, disk: &Disk, reps: u32, dur: Duration) -> Result<(Vec<SideRow>, Vec<Breakdown>)> {
     let unrelated = Unrelated::spawn()?;
@@ -157,6 +168,7 @@ pub fn run(peers: &Peers, disk: &Disk, reps: u32, dur: Duration) -> Result<(Vec<
                 ours_value: median(&ours.added),
                 peer: t.label.clone(),
                 peer_value: t.subject.as_ref().map(|_| median(&t.added)).map_err(Clone::clone),
+                bpf: Some((ours.bpf_ns_per_op(), t.subject.is_ok().then(|| t.bpf_ns_per_op()))),
             });
         }
         for t in &tallies {
@@ -206,11 +218,15 @@ pub fn print(rows: &[SideRow], reps: u32, dur: Duration) {
     }
     println!();
     println!(
-        "Side by side, same run (costs: median over {reps} interleaved reps of {} s, added to the workload's op; \
-         exec to attached: median of 5, ours to the banner, hardirqs to its links):",
+        "Side by side, same run. Costs: what each adds to the workload's op, median over {reps} interleaved reps \
+         of {} s, and its BPF programs' own run time per op (BPF). Exec to attached: median of 5, ours to the \
+         banner, hardirqs to its links.",
         dur.as_secs()
     );
-    println!("{:<38} {:<13} {:>12}  {:<20} {:>12} {:>7}", "ROW", "OURS", "", "PEER", "", "RATIO");
+    println!(
+        "{:<38} {:<12} {:>11} {:>7}  {:<18} {:>11} {:>7} {:>6} {:>6}",
+        "ROW", "OURS", "", "BPF", "PEER", "", "BPF", "RATIO", "BPF"
+    );
     for r in rows {
         let (peer, ratio) = match &r.peer_value {
             // A peer within noise of nothing has no meaningful ratio.
@@ -218,14 +234,22 @@ pub fn print(rows: &[SideRow], reps: u32, dur: Duration) {
             Ok(p) => (value(*p, r.unit), "-".into()),
             Err(why) => (format!("({why})"), "-".into()),
         };
+        let (ours_bpf, peer_bpf, bpf_ratio) = match r.bpf {
+            Some((o, Some(p))) => (format!("{o:.0}"), format!("{p:.0}"), format!("{:.2}", o / p)),
+            Some((o, None)) => (format!("{o:.0}"), "-".into(), "-".into()),
+            None => ("".into(), "".into(), "".into()),
+        };
         println!(
-            "{:<38} {:<13} {:>12}  {:<20} {:>12} {:>7}",
+            "{:<38} {:<12} {:>11} {:>7}  {:<18} {:>11} {:>7} {:>6} {:>6}",
             r.what,
             r.ours,
             value(r.ours_value, r.unit),
+            ours_bpf,
             r.peer,
             peer,
-            ratio
+            peer_bpf,
+            ratio,
+            bpf_ratio
         );
     }
 }
