@@ -42,7 +42,8 @@ pub enum Workload {
     /// getppid(2) in a loop: one syscall tracepoint hit per op (funcstack).
     Getppid,
     /// Two threads bouncing one byte over a pipe pair: per op, two context
-    /// switches and two wake-ups (offwaketime).
+    /// switches and (both on one CPU, as the bench counts them) one
+    /// sched_waking (offwaketime).
     PipePingPong,
     /// One thread waits in epoll_wait on a TCP loopback socket, the other
     /// writes to it and waits for the echo: one epoll wake-up per op
