@@ -35,8 +35,10 @@ enum Task {
     /// then the packages are built and checked.
     Test,
     /// Measure each tool: binary size, start-up time, BPF time per traced
-    /// event and CPU share, peak RSS.
-    Bench,
+    /// event and CPU share, peak RSS; then side by side with the peers
+    /// (libbpf-tools, bpftrace) in the same run, and the time per BPF
+    /// program. `--only table|peers`, `--reps N`, `--secs N`.
+    Bench(bench::Args),
     /// Build the kdiag .deb and .rpm into target/package/.
     Package {
         /// Also run the package checks of the test suite.
@@ -63,9 +65,9 @@ fn main() -> Result<()> {
             setup::ensure()?;
             tasks::test()
         }
-        Task::Bench => {
+        Task::Bench(args) => {
             setup::ensure()?;
-            bench::bench()
+            bench::bench(&args)
         }
         Task::Package { check } => {
             setup::ensure()?;

@@ -42,7 +42,8 @@ pub enum Workload {
     /// getppid(2) in a loop: one syscall tracepoint hit per op (funcstack).
     Getppid,
     /// Two threads bouncing one byte over a pipe pair: per op, two context
-    /// switches and two wake-ups (offwaketime).
+    /// switches and (both on one CPU, as the bench counts them) one
+    /// sched_waking (offwaketime).
     PipePingPong,
     /// One thread waits in epoll_wait on a TCP loopback socket, the other
     /// writes to it and waits for the echo: one epoll wake-up per op
@@ -67,10 +68,9 @@ impl Workload {
         }
     }
 
-    /// Run for `dur`; the mean cost of one operation, in ns.
-    /// Run for `dur`; the mean cost of one operation, in ns. `disk` is
-    /// where DirectWrite writes.
-    pub fn ns_per_op(self, dur: Duration, disk: &Disk) -> std::io::Result<f64> {
+    /// Run for `dur`: how many operations, in how long. `disk` is where
+    /// DirectWrite writes.
+    pub fn run(self, dur: Duration, disk: &Disk) -> std::io::Result<Ops> {
         // On a thread of its own, so only the workload is pinned.
         let (ops, elapsed) = std::thread::scope(|s| {
             let run = s.spawn(|| -> std::io::Result<(u64, Duration)> {
@@ -85,7 +85,20 @@ impl Workload {
             });
             run.join().expect("workload thread")
         })?;
-        Ok(elapsed.as_nanos() as f64 / ops.max(1) as f64)
+        Ok(Ops { ops, elapsed })
+    }
+}
+
+/// What one run of a workload did.
+#[derive(Clone, Copy, Debug)]
+pub struct Ops {
+    pub ops: u64,
+    pub elapsed: Duration,
+}
+
+impl Ops {
+    pub fn ns_per_op(self) -> f64 {
+        self.elapsed.as_nanos() as f64 / self.ops.max(1) as f64
     }
 }
 
@@ -283,7 +296,7 @@ mod tests {
     fn every_workload_runs() {
         let disk = Disk::pick().unwrap();
         for w in [Workload::Getppid, Workload::PipePingPong, Workload::EpollPingPong, Workload::DirectWrite] {
-            let ns = w.ns_per_op(Duration::from_millis(300), &disk).unwrap();
+            let ns = w.run(Duration::from_millis(300), &disk).unwrap().ns_per_op();
             println!("{}: {ns:.0} ns/op", w.op());
             assert!(ns > 0.0 && ns < 100_000_000.0, "{}: {ns}", w.op());
         }
