@@ -143,49 +143,54 @@ pub fn test() -> Result<()> {
     crate::setup::apt_install(crate::setup::TEST_PACKAGES)?;
     let mut tally = Tally::default();
     let errors = run_suites(&mut tally);
-    // A stage that failed without a test result of its own (a build, the
-    // packages) still counts once, so the closing line never reads
-    // "0 failed" next to a failed suite.
-    let counted = tally.failed;
     for e in &errors {
         eprintln!("xtask: {e:#}");
     }
-    if counted == 0 && !errors.is_empty() {
-        tally.failed += errors.len() as u64;
-    }
     // The closing line CI and people read, also when a suite failed.
-    println!("\nkdiag: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
+    println!("\n{}", closing_line(tally, errors.len()));
     match errors.len() {
         0 => Ok(()),
         n => bail!("{n} part(s) of the suite failed"),
     }
 }
 
+/// The suite's closing line. A part that failed without a test result of
+/// its own (a build, the packages) still counts once, so the line never
+/// reads "0 failed" next to a failed suite.
+fn closing_line(mut tally: Tally, failed_parts: usize) -> String {
+    if tally.failed == 0 {
+        tally.failed += failed_parts as u64;
+    }
+    format!("kdiag: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored)
+}
+
+/// The cargo test runs of the suite. xtask itself is host code; everything
+/// else is tested as the static musl build. One test thread: BPF tests
+/// share this kernel. No fail fast: a failing test binary must not hide
+/// the ones after it.
+const CARGO_TESTS: [&[&str]; 2] = [
+    &["test", "--no-fail-fast", "-p", "xtask"],
+    &[
+        "test",
+        "--no-fail-fast",
+        "--release",
+        "--target",
+        MUSL_TARGET,
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--",
+        "--test-threads=1",
+    ],
+];
+
 /// Every part runs, whatever failed before it; each failure is returned.
 fn run_suites(tally: &mut Tally) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    // xtask itself is host code; everything else is tested as the static
-    // musl build. One test thread: BPF tests share this kernel. No fail
-    // fast: a failing test binary must not hide the ones after it.
-    let parts: [&[&str]; 2] = [
-        &["test", "--no-fail-fast", "-p", "xtask"],
-        &[
-            "test",
-            "--no-fail-fast",
-            "--release",
-            "--target",
-            MUSL_TARGET,
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--lib",
-            "--bins",
-            "--tests",
-            "--",
-            "--test-threads=1",
-        ],
-    ];
-    for args in parts {
+    for args in CARGO_TESTS {
         if let Err(e) = cargo_test(cargo().args(args), tally) {
             errors.push(e);
         }
@@ -239,5 +244,38 @@ mod tests {
         let (t, crashed) = out.finish();
         assert_eq!(crashed, 2);
         assert_eq!(t, Tally { passed: 3, failed: 2, ignored: 0 });
+    }
+
+    /// A test binary killed by a signal, as cargo_test sees it: "running"
+    /// with no result line, then a status that is not success. It fails
+    /// the run, counts as failed, and the closing line says so.
+    #[test]
+    fn a_crashed_binary_fails_the_run_and_the_closing_line_says_so() {
+        let mut tally = Tally::default();
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "echo 'running 2 tests'; echo 'test a ... ok'; kill -ABRT $$"]);
+        let res = cargo_test(&mut sh, &mut tally);
+        assert!(res.as_ref().is_err_and(|e| e.to_string().contains("signal: 6")), "{res:?}");
+        assert_eq!(tally, Tally { passed: 0, failed: 1, ignored: 0 });
+        assert_eq!(closing_line(tally, 1), "kdiag: 0 passed, 1 failed, 0 skipped");
+    }
+
+    /// A part that failed with no test result of its own (a build, the
+    /// packages) is not "0 failed"; failed tests are not counted twice.
+    #[test]
+    fn the_closing_line_counts_a_part_that_failed_without_results() {
+        let t = |passed, failed| Tally { passed, failed, ignored: 1 };
+        assert_eq!(closing_line(t(5, 0), 1), "kdiag: 5 passed, 1 failed, 1 skipped");
+        assert_eq!(closing_line(t(5, 2), 1), "kdiag: 5 passed, 2 failed, 1 skipped");
+        assert_eq!(closing_line(t(5, 0), 0), "kdiag: 5 passed, 0 failed, 1 skipped");
+    }
+
+    /// Each cargo test run goes on past a failing test binary.
+    #[test]
+    fn every_cargo_test_run_is_no_fail_fast() {
+        for args in CARGO_TESTS {
+            let cargo_args = args.split(|a| *a == "--").next().unwrap();
+            assert!(cargo_args.contains(&"--no-fail-fast"), "{args:?}");
+        }
     }
 }
