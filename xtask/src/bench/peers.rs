@@ -5,7 +5,6 @@
 
 use super::running::{Ready, Subject};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const PACKAGES: &[&str] = &["libbpf-tools", "bpftrace"];
 
@@ -100,22 +99,9 @@ fn locate(name: &str) -> Result<PathBuf, String> {
     Err(format!("{name} not installed"))
 }
 
-/// apt-get install the peers' packages; why not, in one line.
+/// Install the peers' packages the way the rest of xtask installs what it
+/// needs (apt-get update first: a fresh machine has no package lists); why
+/// not, in one line.
 fn install() -> Result<(), String> {
-    if !Path::new("/usr/bin/apt-get").exists() {
-        return Err(format!("no apt-get here to install {}", PACKAGES.join(" ")));
-    }
-    println!("installing the peers: apt-get install -y {}", PACKAGES.join(" "));
-    let out = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(PACKAGES)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .map_err(|e| format!("apt-get: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    Err(format!("apt-get install {} failed ({}): {last}", PACKAGES.join(" "), out.status))
+    crate::setup::apt_install(PACKAGES).map_err(|e| format!("installing {}: {e:#}", PACKAGES.join(" ")))
 }
