@@ -17,7 +17,8 @@
 //! from the kernel log, printed on the console (KDIAG-DMESG lines: the
 //! host keeps it as a fixture) and given to `compactwatch --from-dmesg`.
 
-use crate::sys::{self, Kmod};
+use crate::kmod::with_low_min_free;
+use crate::sys::Kmod;
 use crate::tool::{run_tool, Run};
 use crate::{Ctx, Reporter};
 use serde_json::Value;
@@ -26,9 +27,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const ORDER: u32 = 5;
-/// As in the kmod-memory check: too little under the min watermark to
-/// hold a free block of ORDER for the fragmenter to miss.
-pub const MIN_FREE_KB: &str = "1024";
 
 /// Fragment, then `count` allocations of ORDER with `gfp`, all held until
 /// the last, from this thread.
@@ -277,10 +275,23 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
     if !Kmod::loaded() {
         return rep.fail("compactwatch", "kdiag_test is not loaded");
     }
-    let min_free = sys::read("/proc/sys/vm/min_free_kbytes");
-    if let Err(e) = sys::sysctl("vm.min_free_kbytes", MIN_FREE_KB) {
-        return rep.fail("compactwatch", e.to_string());
-    }
+    // Leave memory as the other tests expect it, and fork() working.
+    let released = match with_low_min_free(|| {
+        cases(rep);
+        Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"))
+    }) {
+        Ok(r) => r,
+        Err(e) => return rep.fail("compactwatch", e.to_string()),
+    };
+    let fork = std::process::Command::new("/init").arg("noop").status().map(|s| s.success());
+    rep.result(
+        "compactwatch.restore",
+        matches!(released, Ok(0)) && matches!(fork, Ok(true)),
+        format!("{released:?} pages still held, fork: {fork:?}"),
+    );
+}
+
+fn cases(rep: &mut Reporter) {
     // When even compaction cannot make the block, the stall comes inside
     // the fail record: either way it must show the compaction runs.
     // Reclaim, kcompactd or the tool's own exit-time frees can leave the
@@ -294,15 +305,4 @@ pub fn run(_: &Ctx, rep: &mut Reporter) {
         rs.iter().any(|r| r["type"] == "fail" && r["stall"].is_object()) && flood_held_back(rs)
     });
     from_dmesg(rep);
-    // Leave memory as the other tests expect it, and fork() working.
-    let released = Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"));
-    if let Ok(v) = &min_free {
-        let _ = sys::sysctl("vm.min_free_kbytes", v);
-    }
-    let fork = std::process::Command::new("/init").arg("noop").status().map(|s| s.success());
-    rep.result(
-        "compactwatch.restore",
-        matches!(released, Ok(0)) && matches!(fork, Ok(true)),
-        format!("{released:?} pages still held, fork: {fork:?}"),
-    );
 }

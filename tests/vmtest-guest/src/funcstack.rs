@@ -230,7 +230,7 @@ pub fn ftrace(rep: &mut Reporter, name: &str, forced: bool) {
     let all = ["--backend", "ftrace", "-p", &pid, "--json", FUNC];
     let args = if forced { &all[..] } else { &all[2..] };
     let mut held = None;
-    let run = run_tool("/bin/funcstack", &args, true, STOP_LIMIT, || {
+    let run = run_tool("/bin/funcstack", args, true, STOP_LIMIT, || {
         let (r, h) = fsyncs_in_thread();
         held = h;
         r
@@ -239,7 +239,7 @@ pub fn ftrace(rep: &mut Reporter, name: &str, forced: bool) {
         drop(release);
         let _ = h.join();
     }
-    let Some((run, records, summary)) = checked(rep, name, &args, run) else {
+    let Some((run, records, summary)) = checked(rep, name, args, run) else {
         return;
     };
     let (n, wrong) = fsync_stacks(&records, FUNC);

@@ -98,8 +98,21 @@ fn usable_blocks_from(free: &[(String, Vec<u64>)], order: u32) -> u64 {
 /// compaction can satisfy it.
 const ALLOC_ORDER: u32 = 9;
 /// Memory under the min watermark is never taken by the fragmenter; at
-/// this size it cannot hold a free block of ALLOC_ORDER.
+/// this size it cannot hold a free block of ALLOC_ORDER (nor of the
+/// compactwatch checks' order 5).
 const MIN_FREE_KB: &str = "1024";
+
+/// Run `f` with vm.min_free_kbytes at MIN_FREE_KB, so that fragmenting
+/// leaves no free high-order block behind; the old value comes back after.
+pub fn with_low_min_free<T>(f: impl FnOnce() -> T) -> std::io::Result<T> {
+    let old = sys::read("/proc/sys/vm/min_free_kbytes");
+    sys::sysctl("vm.min_free_kbytes", MIN_FREE_KB)?;
+    let r = f();
+    if let Ok(v) = &old {
+        let _ = sys::sysctl("vm.min_free_kbytes", v);
+    }
+    Ok(r)
+}
 
 /// The kernel's own record of direct compaction tried by this thread: the
 /// `mm_compaction_try_to_compact_pages` event fires past the check that
@@ -140,10 +153,23 @@ pub fn memory(_: &Ctx, rep: &mut Reporter) {
         return rep.fail("kmod-memory", "kdiag_test is not loaded");
     }
     let free_before = mem_free_kb();
-    let min_free = sys::read("/proc/sys/vm/min_free_kbytes");
-    if let Err(e) = sys::sysctl("vm.min_free_kbytes", MIN_FREE_KB) {
-        return rep.fail("kmod-memory", e.to_string());
-    }
+    let released = with_low_min_free(|| {
+        memory_cases(rep);
+        Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"))
+    });
+    let released = match released {
+        Ok(r) => r,
+        Err(e) => return rep.fail("kmod-memory", e.to_string()),
+    };
+    let free_after = mem_free_kb();
+    let detail = format!("MemFree {free_before} kB before, {free_after} kB after release ({released:?} pages held)");
+    // Everything taken must come back (tolerance for what the tests' own
+    // processes and the kernel allocated meanwhile).
+    let ok = matches!(released, Ok(0)) && free_after + free_before / 20 >= free_before;
+    rep.result("kmod-memory.release", ok, detail);
+}
+
+fn memory_cases(rep: &mut Reporter) {
     let cases = [("kernel", true), ("nofs", true), ("noio", false), ("kernel,noretry", true)];
     for (gfp, compacts) in cases {
         let name = format!("kmod-memory.{}", gfp.replace(',', "+"));
@@ -186,16 +212,6 @@ pub fn memory(_: &Ctx, rep: &mut Reporter) {
             Err(e) => rep.fail(&name, e.to_string()),
         }
     }
-    let released = Kmod::set("fragment", 0).and_then(|_| Kmod::get("frag_held"));
-    if let Ok(v) = &min_free {
-        let _ = sys::sysctl("vm.min_free_kbytes", v);
-    }
-    let free_after = mem_free_kb();
-    let detail = format!("MemFree {free_before} kB before, {free_after} kB after release ({released:?} pages held)");
-    // Everything taken must come back (tolerance for what the tests' own
-    // processes and the kernel allocated meanwhile).
-    let ok = matches!(released, Ok(0)) && free_after + free_before / 20 >= free_before;
-    rep.result("kmod-memory.release", ok, detail);
 }
 
 /// The loop driver is a module on Debian kernels; block tools need it.

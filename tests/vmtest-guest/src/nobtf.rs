@@ -8,7 +8,7 @@
 //! libbpf. funcstack, which can do without, must fall back to ftrace.
 
 use crate::tool::run_tool;
-use crate::{blkreq, compactwatch, epollwake, funcstack, offwaketime, sys, Ctx, Reporter};
+use crate::{blkreq, compactwatch, epollwake, funcstack, kmod, offwaketime, sys, Ctx, Reporter};
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -44,7 +44,8 @@ fn refuses(rep: &mut Reporter, tool: &str, args: &[&str]) {
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let ok = out.status.code() == Some(2) && matches!(lines.as_slice(), [l] if l.contains("--btf") && l.contains("no BTF"));
+    let ok =
+        out.status.code() == Some(2) && matches!(lines.as_slice(), [l] if l.contains("--btf") && l.contains("no BTF"));
     rep.result(&name, ok, format!("{} {}: {}; stderr: {}", tool, args.join(" "), out.status, lines.join(" | ")));
 }
 
@@ -109,12 +110,10 @@ fn hidden(ctx: &Ctx, rep: &mut Reporter) {
         Ok(Err(e)) => rep.fail("nobtf.epollwake", e),
         Err(p) => rep.fail("nobtf.epollwake", format!("panicked: {}", crate::panic_message(p.as_ref()))),
     }
-    let min_free = sys::read("/proc/sys/vm/min_free_kbytes");
-    match sys::sysctl("vm.min_free_kbytes", compactwatch::MIN_FREE_KB) {
-        Ok(()) => compactwatch::case_as(rep, "nobtf.compactwatch", "raw_tp", "nofs", 64, 3, compactwatch::compacted),
-        Err(e) => rep.fail("nobtf.compactwatch", e.to_string()),
-    }
-    if let Ok(v) = &min_free {
-        let _ = sys::sysctl("vm.min_free_kbytes", v);
+    let compaction = kmod::with_low_min_free(|| {
+        compactwatch::case_as(rep, "nobtf.compactwatch", "raw_tp", "nofs", 64, 3, compactwatch::compacted)
+    });
+    if let Err(e) = compaction {
+        rep.fail("nobtf.compactwatch", e.to_string());
     }
 }
